@@ -1,0 +1,222 @@
+//! Gateway configuration: one typed struct, read from SSEGateway's environment
+//! variables and overridden by equivalent command-line flags.
+//!
+//! Nothing else in the crate reads the environment: [`Config::from_sources`]
+//! takes a lookup function, so tests inject values without touching the
+//! process environment.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Default heartbeat period (SSEGateway: 15 s).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// The gateway's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address the public listener binds (`0.0.0.0:PORT` unless `LISTEN_ADDR` is set).
+    pub listen: SocketAddr,
+    /// Backend callback URL, used verbatim. `None` → not ready, SSE requests get 503.
+    pub callback_url: Option<String>,
+    /// How long the connect (and disconnect) callback may take.
+    pub callback_timeout: Duration,
+    /// Period of the `: heartbeat` comment.
+    pub heartbeat_interval: Duration,
+    /// Largest accepted `/internal/send` body.
+    pub max_body_bytes: usize,
+    /// Bytes that may wait in one stream's queue before it is closed as a slow consumer.
+    pub stream_queue_bytes: usize,
+    /// How long a graceful shutdown may take before remaining connections are cut.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 3000),
+            callback_url: None,
+            callback_timeout: Duration::from_secs(5),
+            heartbeat_interval: DEFAULT_HEARTBEAT,
+            max_body_bytes: 1024 * 1024,
+            stream_queue_bytes: 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A setting that cannot be used; the gateway refuses to start.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `PORT` is not an integer in 1..=65535.
+    #[error("invalid PORT {0:?}: expected an integer between 1 and 65535")]
+    Port(String),
+    /// `LISTEN_ADDR` is not `ip:port`.
+    #[error("invalid LISTEN_ADDR {0:?}: expected ip:port, e.g. 127.0.0.1:3000")]
+    Listen(String),
+    /// `CALLBACK_URL` is not an http URL this build can call.
+    #[error("invalid CALLBACK_URL {0:?}: expected an absolute http:// URL")]
+    CallbackUrl(String),
+    /// A numeric limit is not a positive integer.
+    #[error("invalid {name} {value:?}: expected a positive integer")]
+    Number {
+        /// The variable's name.
+        name: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// AMQP mode is configured but this build does not implement it yet.
+    #[error("RABBITMQ_URL is set, but this build of sse-gateway supports HTTP mode only; unset it")]
+    AmqpUnsupported,
+}
+
+/// Command-line flags; each mirrors an environment variable and wins over it.
+#[derive(Debug, Default, Clone, Parser)]
+#[command(name = "sse-gateway", version, about = "Server-Sent-Events gateway, wire-compatible with SSEGateway.")]
+pub struct Cli {
+    /// Listen port on all interfaces, 1-65535 [env: PORT] [default: 3000]
+    #[arg(long)]
+    pub port: Option<String>,
+    /// Listen address ip:port, overrides --port; port 0 picks a free port [env: LISTEN_ADDR]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Backend callback URL, used verbatim [env: CALLBACK_URL]
+    #[arg(long)]
+    pub callback_url: Option<String>,
+    /// Heartbeat period in seconds; invalid values fall back to 15 [env: HEARTBEAT_INTERVAL_SECONDS]
+    #[arg(long)]
+    pub heartbeat_interval_seconds: Option<String>,
+    /// Connect/disconnect callback timeout in milliseconds [env: CALLBACK_TIMEOUT_MS] [default: 5000]
+    #[arg(long)]
+    pub callback_timeout_ms: Option<String>,
+    /// Largest /internal/send body in bytes [env: MAX_BODY_BYTES] [default: 1048576]
+    #[arg(long)]
+    pub max_body_bytes: Option<String>,
+    /// Per-stream queue limit in bytes before a slow client is closed [env: STREAM_QUEUE_BYTES] [default: 1048576]
+    #[arg(long)]
+    pub stream_queue_bytes: Option<String>,
+    /// Graceful shutdown deadline in seconds [env: SHUTDOWN_TIMEOUT_SECONDS] [default: 10]
+    #[arg(long)]
+    pub shutdown_timeout_seconds: Option<String>,
+    /// AMQP URL; not supported by this build [env: RABBITMQ_URL]
+    #[arg(long)]
+    pub rabbitmq_url: Option<String>,
+}
+
+impl Config {
+    /// Builds the configuration from flags (first) and an environment lookup.
+    ///
+    /// Returns the config and the warnings to log (lenient fallbacks, as SSEGateway does).
+    pub fn from_sources(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Result<(Config, Vec<String>), ConfigError> {
+        let get =
+            |flag: &Option<String>, name: &str| flag.clone().or_else(|| env(name)).filter(|v| !v.trim().is_empty());
+        let mut warnings = Vec::new();
+        let mut cfg = Config::default();
+
+        if let Some(port) = get(&cli.port, "PORT") {
+            let p: u16 = port.trim().parse().map_err(|_| ConfigError::Port(port.clone()))?;
+            if p == 0 {
+                return Err(ConfigError::Port(port));
+            }
+            cfg.listen.set_port(p);
+        }
+        if let Some(listen) = get(&cli.listen, "LISTEN_ADDR") {
+            cfg.listen = listen.trim().parse().map_err(|_| ConfigError::Listen(listen.clone()))?;
+        }
+        if let Some(url) = get(&cli.callback_url, "CALLBACK_URL") {
+            let ok = url.parse::<http::Uri>().is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+            if !ok {
+                return Err(ConfigError::CallbackUrl(url));
+            }
+            cfg.callback_url = Some(url);
+        }
+        if let Some(hb) = get(&cli.heartbeat_interval_seconds, "HEARTBEAT_INTERVAL_SECONDS") {
+            match hb.trim().parse::<u64>() {
+                Ok(s) if s >= 1 => cfg.heartbeat_interval = Duration::from_secs(s),
+                _ => warnings
+                    .push(format!("invalid HEARTBEAT_INTERVAL_SECONDS {hb:?}: expected an integer >= 1; using 15")),
+            }
+        }
+        let number = |flag: &Option<String>, name: &'static str| -> Result<Option<u64>, ConfigError> {
+            match get(flag, name) {
+                None => Ok(None),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(ConfigError::Number { name, value: v }),
+                },
+            }
+        };
+        if let Some(ms) = number(&cli.callback_timeout_ms, "CALLBACK_TIMEOUT_MS")? {
+            cfg.callback_timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = number(&cli.max_body_bytes, "MAX_BODY_BYTES")? {
+            cfg.max_body_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = number(&cli.stream_queue_bytes, "STREAM_QUEUE_BYTES")? {
+            cfg.stream_queue_bytes = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(s) = number(&cli.shutdown_timeout_seconds, "SHUTDOWN_TIMEOUT_SECONDS")? {
+            cfg.shutdown_timeout = Duration::from_secs(s);
+        }
+        if get(&cli.rabbitmq_url, "RABBITMQ_URL").is_some() {
+            return Err(ConfigError::AmqpUnsupported);
+        }
+        Ok((cfg, warnings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(env: &[(&str, &str)], cli: Cli) -> Result<(Config, Vec<String>), ConfigError> {
+        let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_sources(&cli, |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_sseg_gateway() {
+        let (cfg, warnings) = load(&[], Cli::default()).unwrap();
+        assert_eq!(cfg.listen.port(), 3000);
+        assert_eq!(cfg.callback_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.heartbeat_interval, Duration::from_secs(15));
+        assert_eq!(cfg.max_body_bytes, 1 << 20);
+        assert!(cfg.callback_url.is_none());
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn invalid_port_is_an_error() {
+        for p in ["0", "65536", "abc", "-1"] {
+            assert_eq!(load(&[("PORT", p)], Cli::default()).unwrap_err(), ConfigError::Port(p.into()));
+        }
+    }
+
+    #[test]
+    fn invalid_heartbeat_warns_and_uses_15() {
+        let (cfg, warnings) = load(&[("HEARTBEAT_INTERVAL_SECONDS", "0")], Cli::default()).unwrap();
+        assert_eq!(cfg.heartbeat_interval, Duration::from_secs(15));
+        assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn flags_override_environment() {
+        let cli = Cli { port: Some("4000".into()), ..Cli::default() };
+        let (cfg, _) = load(&[("PORT", "5000")], cli).unwrap();
+        assert_eq!(cfg.listen.port(), 4000);
+    }
+
+    #[test]
+    fn callback_url_must_be_http() {
+        assert!(load(&[("CALLBACK_URL", "ftp://x/")], Cli::default()).is_err());
+        let (cfg, _) = load(&[("CALLBACK_URL", "http://127.0.0.1:5000/cb?secret=s")], Cli::default()).unwrap();
+        assert_eq!(cfg.callback_url.as_deref(), Some("http://127.0.0.1:5000/cb?secret=s"));
+    }
+
+    #[test]
+    fn rabbitmq_url_is_refused_until_supported() {
+        assert_eq!(load(&[("RABBITMQ_URL", "amqp://x")], Cli::default()).unwrap_err(), ConfigError::AmqpUnsupported);
+    }
+}

@@ -1,0 +1,283 @@
+//! The connect hook: who decides whether a stream opens, and who hears that it ended.
+//!
+//! [`ConnectHook`] is the seam between the gateway and a backend. The binary
+//! uses [`HttpCallbackHook`] (SSEGateway's `CALLBACK_URL` contract); an
+//! in-process backend implements the trait directly. The gateway calls
+//! `connect` once per stream and `disconnect` exactly once per stream that was
+//! accepted and opened.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use uuid::Uuid;
+
+/// A boxed future, so the trait stays object-safe.
+pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the client sent: the raw URL and its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRequest {
+    /// Raw path and query exactly as received.
+    pub url: String,
+    /// Lower-case names in order of first occurrence; repeated values joined
+    /// (`; ` for `cookie`, `, ` otherwise); non-UTF-8 bytes replaced.
+    pub headers: Vec<(String, String)>,
+}
+
+impl ClientRequest {
+    /// Collects the forwarded form of a request's URL and headers.
+    pub fn from_parts(url: String, headers: &http::HeaderMap) -> Self {
+        let mut out: Vec<(String, String)> = Vec::with_capacity(headers.keys_len());
+        for name in headers.keys() {
+            let sep = if name == http::header::COOKIE { "; " } else { ", " };
+            let joined = headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                .collect::<Vec<_>>()
+                .join(sep);
+            out.push((name.as_str().to_owned(), joined));
+        }
+        Self { url, headers: out }
+    }
+}
+
+impl Serialize for ClientRequest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Headers<'a>(&'a [(String, String)]);
+        impl Serialize for Headers<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.len()))?;
+                for (k, v) in self.0 {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("url", &self.url)?;
+        m.serialize_entry("headers", &Headers(&self.headers))?;
+        m.end()
+    }
+}
+
+/// The hook accepted the stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accepted {
+    /// The backend's id for this client (`request_id` in the answer).
+    pub request_id: Option<String>,
+    /// Routing keys the stream should be reachable by.
+    pub bindings: Vec<String>,
+    /// Authenticated user, for metrics and admin (extension).
+    pub subject: Option<String>,
+    /// Role, for metrics and admin (extension).
+    pub role: Option<String>,
+}
+
+/// The hook did not accept the stream; each variant maps to one client answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// 400/401/403: answered in-stream with a `rejected` event.
+    #[error("rejected by backend: {status} {message}")]
+    Rejected {
+        /// The backend's status.
+        status: u16,
+        /// The backend's reason phrase (or the standard one).
+        message: String,
+    },
+    /// Any other non-2xx status: passed through as `BACKEND_ERROR`.
+    #[error("backend returned {0}")]
+    Status(u16),
+    /// No answer within the callback timeout: 504.
+    #[error("backend callback timed out")]
+    Timeout,
+    /// The backend could not be reached: 503.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why a stream ended, as sent in the disconnect callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DisconnectReason {
+    /// The client went away.
+    ClientClosed,
+    /// The gateway closed it (a `close` command or shutdown).
+    ServerClosed,
+    /// A write failed or the stream's queue overflowed.
+    Error,
+}
+
+impl DisconnectReason {
+    /// The wire name (`client_closed`, `server_closed`, `error`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::ServerClosed => "server_closed",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Decides about new streams and hears about ended ones.
+pub trait ConnectHook: Send + Sync + 'static {
+    /// Called once per SSE request, after its token is registered.
+    fn connect<'a>(&'a self, token: Uuid, request: &'a ClientRequest) -> HookFuture<'a, Result<Accepted, Refusal>>;
+
+    /// Called exactly once for every accepted stream when it ends.
+    fn disconnect<'a>(
+        &'a self,
+        token: Uuid,
+        reason: DisconnectReason,
+        request: &'a ClientRequest,
+    ) -> HookFuture<'a, Result<(), Refusal>>;
+}
+
+/// The SSEGateway callback: `POST CALLBACK_URL` with a JSON body.
+#[derive(Clone)]
+pub struct HttpCallbackHook {
+    url: http::Uri,
+    timeout: Duration,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// Largest connect answer the gateway reads; bigger answers are treated as `{}`.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+#[derive(Serialize)]
+struct CallbackBody<'a> {
+    action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    token: String,
+    request: &'a ClientRequest,
+}
+
+impl HttpCallbackHook {
+    /// A hook posting to `url` with the given timeout per callback.
+    pub fn new(url: http::Uri, timeout: Duration) -> Arc<Self> {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Arc::new(Self { url, timeout, client })
+    }
+
+    async fn post(&self, body: &CallbackBody<'_>) -> Result<(http::StatusCode, Option<String>, Bytes), Refusal> {
+        let json = serde_json::to_vec(body).map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        let req = http::Request::post(self.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        let call = async {
+            let resp = self.client.request(req).await.map_err(|e| Refusal::Unavailable(error_chain(&e)))?;
+            let status = resp.status();
+            let phrase = resp
+                .extensions()
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned());
+            // A body that fails to arrive or is too large counts as empty, i.e. `{}`.
+            let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            Ok((status, phrase, body))
+        };
+        tokio::time::timeout(self.timeout, call).await.map_err(|_| Refusal::Timeout)?
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+/// Reads the optional connect answer: a JSON object with `request_id`,
+/// `bindings`, `subject`, `role`; anything else is the same as `{}`.
+pub fn parse_answer(body: &[u8]) -> Accepted {
+    let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Accepted::default();
+    };
+    let string = |k: &str| obj.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let bindings = obj
+        .get("bindings")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    Accepted { request_id: string("request_id"), bindings, subject: string("subject"), role: string("role") }
+}
+
+impl ConnectHook for HttpCallbackHook {
+    fn connect<'a>(&'a self, token: Uuid, request: &'a ClientRequest) -> HookFuture<'a, Result<Accepted, Refusal>> {
+        Box::pin(async move {
+            let body = CallbackBody { action: "connect", reason: None, token: token.to_string(), request };
+            let (status, phrase, answer) = self.post(&body).await?;
+            match status.as_u16() {
+                200..=299 => Ok(parse_answer(&answer)),
+                code @ (400 | 401 | 403) => Err(Refusal::Rejected {
+                    status: code,
+                    message: phrase.or_else(|| status.canonical_reason().map(str::to_owned)).unwrap_or_default(),
+                }),
+                code => Err(Refusal::Status(code)),
+            }
+        })
+    }
+
+    fn disconnect<'a>(
+        &'a self,
+        token: Uuid,
+        reason: DisconnectReason,
+        request: &'a ClientRequest,
+    ) -> HookFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move {
+            let body =
+                CallbackBody { action: "disconnect", reason: Some(reason.as_str()), token: token.to_string(), request };
+            let (status, _, _) = self.post(&body).await?;
+            if status.is_success() { Ok(()) } else { Err(Refusal::Status(status.as_u16())) }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_fields_are_read_and_junk_is_empty() {
+        let a = parse_answer(br#"{"request_id":"r1","bindings":["a",1,"b"],"subject":"u","role":"admin","x":1}"#);
+        assert_eq!(a.request_id.as_deref(), Some("r1"));
+        assert_eq!(a.bindings, vec!["a", "b"]);
+        assert_eq!(a.subject.as_deref(), Some("u"));
+        assert_eq!(parse_answer(b""), Accepted::default());
+        assert_eq!(parse_answer(b"[1]"), Accepted::default());
+        assert_eq!(parse_answer(b"not json"), Accepted::default());
+        assert_eq!(parse_answer(br#"{"request_id":5}"#), Accepted::default());
+    }
+
+    #[test]
+    fn headers_keep_order_and_join_repeats() {
+        let mut h = http::HeaderMap::new();
+        h.append("x-b", "1".parse().unwrap());
+        h.append("cookie", "a=1".parse().unwrap());
+        h.append("x-b", "2".parse().unwrap());
+        h.append("cookie", "b=2".parse().unwrap());
+        h.append("x-bin", http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        let r = ClientRequest::from_parts("/s?a=%20".into(), &h);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"url":"/s?a=%20","headers":{"x-b":"1, 2","cookie":"a=1; b=2","x-bin":"caf�"}}"#
+        );
+    }
+}

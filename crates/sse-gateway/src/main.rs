@@ -1,0 +1,106 @@
+//! The `sse-gateway` binary: configuration, logging, signals; everything else
+//! lives in the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use sse_gateway::{Cli, Config, ConnectHook, Gateway, HttpCallbackHook};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let (config, warnings) = match Config::from_sources(&cli, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sse-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in warnings {
+        warn!("{w}");
+    }
+    raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sse-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sse-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let hook: Option<Arc<dyn ConnectHook>> = match &config.callback_url {
+        Some(url) => {
+            let uri: http::Uri = url.parse().context("CALLBACK_URL")?;
+            // The query usually carries the backend's secret: never log it.
+            info!(callback = %format!("{}://{}{}", uri.scheme_str().unwrap_or("http"), uri.authority().map_or("", |a| a.as_str()), uri.path()), "callback configured");
+            Some(HttpCallbackHook::new(uri, config.callback_timeout))
+        }
+        None => {
+            warn!("CALLBACK_URL is not set: every stream request will be answered 503");
+            None
+        }
+    };
+    let gateway = Gateway::new(config, hook);
+    let shutdown = gateway.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received: shutting down");
+        shutdown.cancel();
+    });
+    info!(%addr, "sse-gateway listening");
+    // Scripts and tests read this line to learn the port when it was 0.
+    println!("sse-gateway listening on http://{addr}");
+    gateway.serve(listener).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            warn!("cannot install signal handlers; only Ctrl-C will stop the gateway");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Every stream is a file descriptor: raise the soft limit to the hard limit.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

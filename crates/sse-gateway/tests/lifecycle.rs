@@ -1,0 +1,147 @@
+//! Black-box tests of the gateway process: configuration, `--help`, and the
+//! graceful drain on SIGTERM/SIGINT.
+
+use serde_json::json;
+use sse_testkit::{Backend, Process, SseClient, request, send_json, within};
+use sse_wire::Frame;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sse-gateway");
+
+async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    within("the process to exit", cmd.output()).await.unwrap()
+}
+
+#[tokio::test]
+async fn invalid_port_exits_with_an_error() {
+    for port in ["0", "70000", "abc"] {
+        let out = run_to_exit(&[], &[("PORT", port)]).await;
+        assert!(!out.status.success(), "PORT={port} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("invalid PORT"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn help_lists_every_option_with_its_environment_variable() {
+    let out = run_to_exit(&["--help"], &[]).await;
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, env) in [
+        ("--port", "PORT"),
+        ("--listen", "LISTEN_ADDR"),
+        ("--callback-url", "CALLBACK_URL"),
+        ("--heartbeat-interval-seconds", "HEARTBEAT_INTERVAL_SECONDS"),
+        ("--callback-timeout-ms", "CALLBACK_TIMEOUT_MS"),
+        ("--max-body-bytes", "MAX_BODY_BYTES"),
+        ("--stream-queue-bytes", "STREAM_QUEUE_BYTES"),
+        ("--shutdown-timeout-seconds", "SHUTDOWN_TIMEOUT_SECONDS"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing:\n{help}");
+        assert!(help.contains(&format!("[env: {env}]")), "{env} missing:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn cli_flags_configure_the_gateway() {
+    let backend = Backend::start().await;
+    let url = backend.callback_url();
+    let gw = Process::spawn(BIN, &["--listen", "127.0.0.1:0", "--callback-url", &url], &[]).await;
+    let r = request(gw.addr, "GET", "/readyz", &[], b"").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn invalid_heartbeat_interval_warns_and_falls_back() {
+    let backend = Backend::start().await;
+    let url = backend.callback_url();
+    let gw = Process::spawn(
+        BIN,
+        &[],
+        &[("LISTEN_ADDR", "127.0.0.1:0"), ("CALLBACK_URL", &url), ("HEARTBEAT_INTERVAL_SECONDS", "zero")],
+    )
+    .await;
+    let line = gw.wait_for_log("HEARTBEAT_INTERVAL_SECONDS").await;
+    assert!(line.contains("WARN") && line.contains("using 15"), "{line}");
+}
+
+async fn drain_on(signal: i32) {
+    let backend = Backend::start().await;
+    let url = backend.callback_url();
+    let mut gw = Process::spawn(BIN, &[], &[("LISTEN_ADDR", "127.0.0.1:0"), ("CALLBACK_URL", &url)]).await;
+    let mut clients = Vec::new();
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let mut c = SseClient::open(gw.addr, "/s", &[]).await;
+        tokens.push(backend.expect("connect").await.token());
+        assert_eq!(c.next_event().await.event_type, "ready");
+        clients.push(c);
+    }
+    gw.signal(signal);
+    for c in &mut clients {
+        let Frame::Retry(ms) = c.next_frame().await else { panic!("expected a retry hint") };
+        assert!((1000..=5000).contains(&ms), "jittered retry between 1 and 5 s, got {ms}");
+        c.read_to_end().await;
+        assert!(c.ended_cleanly(), "each stream is ended, not cut");
+    }
+    assert_eq!(gw.wait_exit().await, 0, "exit 0 after the drain");
+    let mut reasons: Vec<(String, String)> =
+        backend.drain().await.iter().map(|c| (c.token(), c.body["reason"].as_str().unwrap_or("").to_owned())).collect();
+    reasons.sort();
+    let mut want: Vec<(String, String)> = tokens.iter().map(|t| (t.clone(), "server_closed".to_owned())).collect();
+    want.sort();
+    assert_eq!(reasons, want, "one server_closed disconnect per stream");
+}
+
+#[tokio::test]
+async fn sigterm_drains_every_stream_with_retry_and_server_closed_then_exits_0() {
+    drain_on(libc_sig::SIGTERM).await;
+}
+
+#[tokio::test]
+async fn sigint_drains_like_sigterm() {
+    drain_on(libc_sig::SIGINT).await;
+}
+
+#[tokio::test]
+async fn shutdown_deadline_cuts_a_stuck_stream_and_still_exits_0() {
+    let backend = Backend::start().await;
+    let url = backend.callback_url();
+    let mut gw = Process::spawn(
+        BIN,
+        &[],
+        &[
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+            ("CALLBACK_URL", &url),
+            ("SHUTDOWN_TIMEOUT_SECONDS", "1"),
+            ("STREAM_QUEUE_BYTES", "67108864"),
+        ],
+    )
+    .await;
+    // A client that never reads: once the kernel buffers are full, the rest of
+    // what we send waits in the stream's queue and the drain cannot finish.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(gw.addr).await.unwrap();
+    let _stuck = SseClient::open_on(tcp, gw.addr, "GET", "/s", &[]).await;
+    let token = backend.expect("connect").await.token();
+    let filler = "f".repeat(256 * 1024);
+    for _ in 0..48 {
+        let r = send_json(gw.addr, "/internal/send", &json!({"token": token, "event": {"data": filler}})).await;
+        assert_eq!(r.status, 200);
+    }
+    gw.signal(libc_sig::SIGTERM);
+    assert_eq!(gw.wait_exit().await, 0, "the deadline cuts what is left and still exits 0");
+    gw.wait_for_log("cutting them").await;
+    let d = backend.expect("disconnect").await;
+    assert_eq!((d.token(), d.body["reason"].as_str()), (token, Some("server_closed")));
+}
+
+mod libc_sig {
+    pub const SIGINT: i32 = 2;
+    pub const SIGTERM: i32 = 15;
+}

@@ -1,0 +1,266 @@
+//! Raw HTTP/1.1 over TCP: byte-exact SSE streams and plain JSON requests.
+
+use std::net::SocketAddr;
+
+use serde_json::Value;
+use sse_wire::{Frame, Parser};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::within;
+
+/// A response head plus whatever body bytes arrived with it.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Reason phrase.
+    pub reason: String,
+    /// Header names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (complete for [`request`]; for streams, see [`SseClient`]).
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    /// The body as JSON (panics with the body if it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<HttpResponse> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(n)) = resp.parse(buf) {
+            let head = HttpResponse {
+                status: resp.code.unwrap_or(0),
+                reason: resp.reason.unwrap_or("").to_owned(),
+                headers: resp
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                    .collect(),
+                body: Vec::new(),
+            };
+            buf.drain(..n);
+            return Some(head);
+        }
+        let mut chunk = [0u8; 4096];
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Sends one request with `Connection: close` and reads the whole response.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    within(&format!("{method} {path}"), async {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        tcp.write_all(req.as_bytes()).await.expect("write head");
+        tcp.write_all(body).await.expect("write body");
+        let mut buf = Vec::new();
+        let mut resp = read_head(&mut tcp, &mut buf).await.expect("response head");
+        tcp.read_to_end(&mut buf).await.expect("read body");
+        resp.body = if resp.header("transfer-encoding") == Some("chunked") {
+            let mut dec = Dechunker::default();
+            dec.feed(&buf)
+        } else {
+            buf
+        };
+        resp
+    })
+    .await
+}
+
+/// POSTs a JSON value to `path`.
+pub async fn send_json(addr: SocketAddr, path: &str, body: &Value) -> HttpResponse {
+    request(addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes()).await
+}
+
+/// Incremental decoder of `Transfer-Encoding: chunked`.
+#[derive(Default)]
+struct Dechunker {
+    pending: Vec<u8>,
+    done: bool,
+}
+
+impl Dechunker {
+    /// Feeds bytes, returns decoded payload bytes.
+    fn feed(&mut self, input: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(input);
+        let mut out = Vec::new();
+        loop {
+            if self.done {
+                return out;
+            }
+            let Some(eol) = self.pending.windows(2).position(|w| w == b"\r\n") else { return out };
+            let size_line = String::from_utf8_lossy(&self.pending[..eol]).to_string();
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+            if size == 0 {
+                self.done = true;
+                return out;
+            }
+            if self.pending.len() < eol + 2 + size + 2 {
+                return out;
+            }
+            out.extend_from_slice(&self.pending[eol + 2..eol + 2 + size]);
+            assert_eq!(&self.pending[eol + 2 + size..eol + 4 + size], b"\r\n", "chunk not followed by CRLF");
+            self.pending.drain(..eol + 4 + size);
+        }
+    }
+}
+
+/// A client stream: the response head, then the decoded SSE body.
+pub struct SseClient {
+    tcp: TcpStream,
+    /// The response head.
+    pub head: HttpResponse,
+    buf: Vec<u8>,
+    dechunk: Dechunker,
+    chunked: bool,
+    parser: Parser,
+    frames: std::collections::VecDeque<Frame>,
+    raw: Vec<u8>,
+    eof: bool,
+}
+
+impl SseClient {
+    /// Opens `GET path` with extra headers and reads the response head.
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> SseClient {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        Self::open_on(tcp, addr, "GET", path, headers).await
+    }
+
+    /// Sends the request on an existing socket (e.g. one with a tiny receive buffer).
+    pub async fn open_on(
+        mut tcp: TcpStream,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> SseClient {
+        Self::send_head(&mut tcp, addr, method, path, headers).await;
+        let mut buf = Vec::new();
+        let head = within("the response head", read_head(&mut tcp, &mut buf)).await.expect("response head");
+        let chunked = head.header("transfer-encoding") == Some("chunked");
+        let mut c = SseClient {
+            tcp,
+            head,
+            buf: Vec::new(),
+            dechunk: Dechunker::default(),
+            chunked,
+            parser: Parser::new(),
+            frames: Default::default(),
+            raw: Vec::new(),
+            eof: false,
+        };
+        c.ingest(&buf);
+        c
+    }
+
+    /// Writes a request head without reading anything back.
+    pub async fn send_head(tcp: &mut TcpStream, addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &[u8])]) {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n").into_bytes();
+        for (k, v) in headers {
+            req.extend_from_slice(k.as_bytes());
+            req.extend_from_slice(b": ");
+            req.extend_from_slice(v);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"\r\n");
+        tcp.write_all(&req).await.expect("write request");
+    }
+
+    fn ingest(&mut self, bytes: &[u8]) {
+        let body = if self.chunked { self.dechunk.feed(bytes) } else { bytes.to_vec() };
+        self.raw.extend_from_slice(&body);
+        self.buf.extend_from_slice(&body);
+        let frames = self.parser.feed(&body);
+        self.frames.extend(frames);
+    }
+
+    async fn read_more(&mut self) -> bool {
+        if self.eof || self.dechunk.done {
+            return false;
+        }
+        let mut chunk = [0u8; 16384];
+        match self.tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                self.eof = true;
+                false
+            }
+            Ok(n) => {
+                self.ingest(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next frame (event, comment or retry); panics if the stream ends first.
+    pub async fn next_frame(&mut self) -> Frame {
+        within("the next SSE frame", async {
+            loop {
+                if let Some(f) = self.frames.pop_front() {
+                    return f;
+                }
+                if !self.read_more().await {
+                    panic!("stream ended; body so far: {:?}", String::from_utf8_lossy(&self.raw));
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next dispatched event, skipping comments and retry hints.
+    pub async fn next_event(&mut self) -> sse_wire::ParsedEvent {
+        loop {
+            if let Frame::Event(e) = self.next_frame().await {
+                return e;
+            }
+        }
+    }
+
+    /// Reads until the body ends (terminating chunk or EOF); returns the frames left.
+    pub async fn read_to_end(&mut self) -> Vec<Frame> {
+        within("the stream to end", async { while self.read_more().await {} }).await;
+        self.frames.drain(..).collect()
+    }
+
+    /// True once the terminating chunk was read.
+    pub fn ended_cleanly(&self) -> bool {
+        self.dechunk.done
+    }
+
+    /// Every decoded body byte received so far.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// Closes the connection (the client goes away).
+    pub async fn close(mut self) {
+        let _ = self.tcp.shutdown().await;
+    }
+}

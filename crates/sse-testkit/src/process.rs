@@ -1,0 +1,114 @@
+//! A child process under test: started with a clean environment, stopped by handle.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::within;
+
+/// A running binary. Killed on drop if still running.
+pub struct Process {
+    child: Child,
+    /// The address from its "listening on http://ADDR" line.
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+    new_line: Arc<tokio::sync::Notify>,
+}
+
+impl Process {
+    /// Spawns `bin` with only `env` (plus PATH) in its environment and waits
+    /// for its "listening on http://ADDR" line on stdout.
+    pub async fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let err_pipe = child.stderr.take().expect("stderr piped");
+        let sink = Arc::clone(&stderr);
+        let new_line = Arc::new(tokio::sync::Notify::new());
+        let notify = Arc::clone(&new_line);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err_pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+                notify.notify_waiters();
+            }
+        });
+        let out = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(out).lines();
+        let addr = within("the process to print its listening address", async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    return rest.trim().parse::<SocketAddr>().expect("address after 'listening on'");
+                }
+            }
+            panic!("process exited before listening");
+        })
+        .await;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Process { child, addr, stderr, new_line }
+    }
+
+    /// `http://ADDR` of the process.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Lines the process wrote on stderr so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until a stderr line contains `needle`; returns that line.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        within(&format!("a log line containing {needle:?}"), async {
+            loop {
+                let notified = self.new_line.notified();
+                if let Some(l) = self.stderr().into_iter().find(|l| l.contains(needle)) {
+                    return l;
+                }
+                notified.await;
+            }
+        })
+        .await
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit; returns the exit code.
+    pub async fn terminate(&mut self) -> i32 {
+        self.signal(libc::SIGTERM);
+        self.wait_exit().await
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+
+    /// Waits (bounded) for the process to exit; returns the exit code (-1 if by signal).
+    pub async fn wait_exit(&mut self) -> i32 {
+        let status = within("the process to exit", self.child.wait()).await.expect("wait");
+        status.code().unwrap_or(-1)
+    }
+
+    /// Waits for a process that should exit by itself, with its own bound.
+    pub async fn wait_exit_within(&mut self, limit: Duration) -> Option<i32> {
+        tokio::time::timeout(limit, self.child.wait()).await.ok().map(|s| s.expect("wait").code().unwrap_or(-1))
+    }
+}
