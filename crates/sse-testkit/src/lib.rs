@@ -32,3 +32,29 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
         Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
     }
 }
+
+/// Path of a binary of this workspace (e.g. `sse-gateway`) for black-box tests
+/// in *other* packages, where `CARGO_BIN_EXE_*` is not available.
+///
+/// Builds it first with the same cargo and profile directory as the running
+/// test (`cargo build --bin NAME`), so a test never runs a stale binary.
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test> -> target/<profile>
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile> directory").to_path_buf();
+    let target_dir = profile_dir.parent().expect("target directory").to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--quiet", "--bin", name]).env("CARGO_TARGET_DIR", &target_dir);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo to build {name}: {e}"));
+    assert!(status.success(), "building {name} failed");
+    let path = profile_dir.join(name);
+    assert!(path.exists(), "{} does not exist after building", path.display());
+    path
+}
