@@ -1,4 +1,4 @@
-//! Parsing and validation of `POST /internal/send` bodies.
+//! Parsing and validation of `POST /internal/send` and `/internal/publish` bodies.
 //!
 //! Pure logic: bytes in, a [`SendCommand`] or the exact SSEGateway error code
 //! out. The checks run in the contract's order, so a body with several
@@ -21,52 +21,123 @@ pub struct SendCommand {
 }
 
 impl SendCommand {
-    /// Validates a request body.
+    /// Validates a `/internal/send` body.
     pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request("INVALID_JSON", format!("Request body is not valid JSON: {e}")))?;
-        let empty = serde_json::Map::new();
-        let obj = value.as_object().unwrap_or(&empty);
-
+        let value = parse_json(body)?;
+        let obj = value.as_object().unwrap_or(&EMPTY);
         let token = obj
             .get("token")
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::bad_request("INVALID_TOKEN_MISSING", "token is required and must be a string"))?;
-
-        let event = match obj.get("event") {
-            None => None,
-            Some(Value::Object(e)) => Some(e),
-            Some(_) => return Err(ApiError::bad_request("INVALID_EVENT_TYPE", "event must be an object")),
-        };
-        let mut frame = None;
-        if let Some(event) = event {
-            let data = event.get("data").and_then(Value::as_str).ok_or_else(|| {
-                ApiError::bad_request("INVALID_EVENT_DATA_MISSING", "event.data is required and must be a string")
-            })?;
-            let name = match event.get("name") {
-                None => None,
-                Some(Value::String(s)) => Some(s.as_str()),
-                Some(_) => {
-                    return Err(ApiError::bad_request("INVALID_EVENT_NAME_TYPE", "event.name must be a string"));
-                }
-            };
-            frame = Some((name, data));
-        }
-        let close = match obj.get("close") {
-            None => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(ApiError::bad_request("INVALID_CLOSE_TYPE", "close must be a boolean")),
-        };
-        let frame = match frame {
-            None => None,
-            Some((Some(name), data)) if !name.is_empty() => {
-                Some(sse_wire::encode::envelope(name, data).map_err(|_| {
-                    ApiError::bad_request("INVALID_EVENT_NAME", "event.name must not contain CR, LF or NUL")
-                })?)
-            }
-            Some((_, data)) => Some(sse_wire::encode::data(data)),
-        };
+        let (frame, close) = event_and_close(obj)?;
         Ok(Self { token: token.to_owned(), frame, close })
+    }
+}
+
+/// A validated publish: routing key, the encoded event (if any), and `close`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishCommand {
+    /// The routing key, e.g. `broadcast` or `connection.<request_id>`.
+    pub key: String,
+    /// The event, already encoded for the wire.
+    pub frame: Option<Bytes>,
+    /// End the matched streams after writing.
+    pub close: bool,
+}
+
+/// Largest routing key accepted (AMQP's limit, so keys work with a broker too).
+pub const MAX_KEY_BYTES: usize = 255;
+
+impl PublishCommand {
+    /// Validates a `/internal/publish` body: one message, or `{"messages":[...]}`.
+    ///
+    /// A batch is validated whole before anything is delivered; an error names
+    /// the index of the first bad message.
+    pub fn parse_batch(body: &[u8]) -> Result<(Vec<Self>, bool), ApiError> {
+        let value = parse_json(body)?;
+        let obj = value.as_object().unwrap_or(&EMPTY);
+        match obj.get("messages") {
+            None => Ok((vec![Self::from_object(obj)?], false)),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let msg = item.as_object().unwrap_or(&EMPTY);
+                    out.push(
+                        Self::from_object(msg)
+                            .map_err(|e| ApiError { message: format!("messages[{i}]: {}", e.message), ..e })?,
+                    );
+                }
+                Ok((out, true))
+            }
+            Some(_) => Err(ApiError::bad_request("INVALID_MESSAGES_TYPE", "messages must be an array")),
+        }
+    }
+
+    fn from_object(obj: &serde_json::Map<String, Value>) -> Result<Self, ApiError> {
+        let key = obj
+            .get("key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::bad_request("INVALID_KEY_MISSING", "key is required and must be a string"))?;
+        if !is_valid_key(key) {
+            return Err(ApiError::bad_request(
+                "INVALID_KEY",
+                format!("key must be 1-{MAX_KEY_BYTES} bytes without whitespace or control characters"),
+            ));
+        }
+        let (frame, close) = event_and_close(obj)?;
+        Ok(Self { key: key.to_owned(), frame, close })
+    }
+}
+
+/// A routing key: 1-255 bytes, no whitespace or control characters.
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY_BYTES && !key.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+static EMPTY: std::sync::LazyLock<serde_json::Map<String, Value>> = std::sync::LazyLock::new(serde_json::Map::new);
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("INVALID_JSON", format!("Request body is not valid JSON: {e}")))
+}
+
+/// The `event` and `close` fields, checked in the contract's order and encoded once.
+fn event_and_close(obj: &serde_json::Map<String, Value>) -> Result<(Option<Bytes>, bool), ApiError> {
+    let event = match obj.get("event") {
+        None => None,
+        Some(Value::Object(e)) => Some(e),
+        Some(_) => return Err(ApiError::bad_request("INVALID_EVENT_TYPE", "event must be an object")),
+    };
+    let mut parts = None;
+    if let Some(event) = event {
+        let data = event.get("data").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::bad_request("INVALID_EVENT_DATA_MISSING", "event.data is required and must be a string")
+        })?;
+        let name = match event.get("name") {
+            None => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => return Err(ApiError::bad_request("INVALID_EVENT_NAME_TYPE", "event.name must be a string")),
+        };
+        parts = Some((name, data));
+    }
+    let close = match obj.get("close") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::bad_request("INVALID_CLOSE_TYPE", "close must be a boolean")),
+    };
+    let frame = match parts {
+        None => None,
+        Some((name, data)) => Some(encode_event(name, data)?),
+    };
+    Ok((frame, close))
+}
+
+/// Encodes an application event: the envelope when named, plain data otherwise.
+pub fn encode_event(name: Option<&str>, data: &str) -> Result<Bytes, ApiError> {
+    match name {
+        Some(name) if !name.is_empty() => sse_wire::encode::envelope(name, data)
+            .map_err(|_| ApiError::bad_request("INVALID_EVENT_NAME", "event.name must not contain CR, LF or NUL")),
+        _ => Ok(sse_wire::encode::data(data)),
     }
 }
 
@@ -90,6 +161,29 @@ mod tests {
         assert_eq!(code(r#"{"token":"t","event":{"data":"1","name":2},"close":3}"#), "INVALID_EVENT_NAME_TYPE");
         assert_eq!(code(r#"{"token":"t","close":"yes"}"#), "INVALID_CLOSE_TYPE");
         assert_eq!(code(r#"{"token":"t","event":{"data":"1","name":"a\nb"}}"#), "INVALID_EVENT_NAME");
+    }
+
+    #[test]
+    fn publish_validation_and_batches() {
+        let pcode = |b: &str| PublishCommand::parse_batch(b.as_bytes()).unwrap_err();
+        assert_eq!(pcode(r#"{"event":{"data":"1"}}"#).code, "INVALID_KEY_MISSING");
+        assert_eq!(pcode(r#"{"key":"a b","event":{"data":"1"}}"#).code, "INVALID_KEY");
+        assert_eq!(pcode(r#"{"key":"","close":true}"#).code, "INVALID_KEY");
+        assert_eq!(pcode(r#"{"key":"k","event":{"data":1}}"#).code, "INVALID_EVENT_DATA_MISSING");
+        assert_eq!(pcode(r#"{"messages":{}}"#).code, "INVALID_MESSAGES_TYPE");
+        let e = pcode(r#"{"messages":[{"key":"a","event":{"data":"1"}},{"key":"b","close":1}]}"#);
+        assert_eq!(e.code, "INVALID_CLOSE_TYPE");
+        assert!(e.message.starts_with("messages[1]"), "{}", e.message);
+        let (msgs, batch) =
+            PublishCommand::parse_batch(br#"{"messages":[{"key":"a","event":{"data":"1"}},{"key":"b","close":true}]}"#)
+                .unwrap();
+        assert!(batch);
+        assert_eq!(msgs.len(), 2);
+        assert_eq!((msgs[1].key.as_str(), msgs[1].close), ("b", true));
+        let (one, batch) =
+            PublishCommand::parse_batch(br#"{"key":"broadcast","event":{"name":"n","data":"1"}}"#).unwrap();
+        assert!(!batch);
+        assert_eq!(one[0].frame.as_deref(), Some(&b"data: {\"type\":\"n\",\"payload\":1}\n\n"[..]));
     }
 
     #[test]

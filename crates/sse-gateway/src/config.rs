@@ -30,6 +30,18 @@ pub struct Config {
     pub stream_queue_bytes: usize,
     /// How long a graceful shutdown may take before remaining connections are cut.
     pub shutdown_timeout: Duration,
+    /// Routing keys for streams whose connect answer lists no `bindings`;
+    /// `{request_id}` is replaced by the answer's request_id, else the
+    /// `request_id` query parameter (a template without a value is skipped).
+    pub default_bindings: Vec<String>,
+    /// The internal listener (`/internal/*`, `/metrics`), loopback by default. `None`: off.
+    pub internal_listen: Option<SocketAddr>,
+    /// Bearer secret that unlocks `/internal/publish` and `/metrics` on the public listener.
+    pub internal_api_secret: Option<String>,
+    /// Most streams (pending + open) at once; beyond it a stream gets `retry:` and ends.
+    pub max_connections: usize,
+    /// Largest request head (request line + headers) accepted.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Config {
@@ -42,6 +54,11 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             stream_queue_bytes: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
+            default_bindings: Vec::new(),
+            internal_listen: None,
+            internal_api_secret: None,
+            max_connections: 50_000,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -66,6 +83,15 @@ pub enum ConfigError {
         /// The value given.
         value: String,
     },
+    /// `INTERNAL_PORT` is not an integer in 1..=65535.
+    #[error("invalid INTERNAL_PORT {0:?}: expected an integer between 1 and 65535")]
+    InternalPort(String),
+    /// `INTERNAL_LISTEN` is not `ip:port`.
+    #[error("invalid INTERNAL_LISTEN {0:?}: expected ip:port, e.g. 127.0.0.1:3001")]
+    InternalListen(String),
+    /// A default binding is not a valid routing key.
+    #[error("invalid DEFAULT_BINDINGS entry {0:?}: keys are 1-255 bytes without whitespace or control characters")]
+    Binding(String),
     /// AMQP mode is configured but this build does not implement it yet.
     #[error("RABBITMQ_URL is set, but this build of sse-gateway supports HTTP mode only; unset it")]
     AmqpUnsupported,
@@ -99,6 +125,24 @@ pub struct Cli {
     /// Graceful shutdown deadline in seconds [env: SHUTDOWN_TIMEOUT_SECONDS] [default: 10]
     #[arg(long)]
     pub shutdown_timeout_seconds: Option<String>,
+    /// Routing keys for streams whose connect answer has no bindings, comma-separated; {request_id} is substituted [env: DEFAULT_BINDINGS]
+    #[arg(long)]
+    pub default_bindings: Option<String>,
+    /// Port of the internal listener on 127.0.0.1 (/internal/*, /metrics) [env: INTERNAL_PORT]
+    #[arg(long)]
+    pub internal_port: Option<String>,
+    /// Internal listener address ip:port, overrides --internal-port; port 0 picks a free port [env: INTERNAL_LISTEN]
+    #[arg(long)]
+    pub internal_listen: Option<String>,
+    /// Bearer secret that unlocks /internal/publish and /metrics on the public port [env: INTERNAL_API_SECRET]
+    #[arg(long)]
+    pub internal_api_secret: Option<String>,
+    /// Most streams at once; beyond it new streams get a retry hint [env: MAX_CONNECTIONS] [default: 50000]
+    #[arg(long)]
+    pub max_connections: Option<String>,
+    /// Largest request head in bytes [env: MAX_HEADER_BYTES] [default: 16384]
+    #[arg(long)]
+    pub max_header_bytes: Option<String>,
     /// AMQP URL; not supported by this build [env: RABBITMQ_URL]
     #[arg(long)]
     pub rabbitmq_url: Option<String>,
@@ -159,6 +203,31 @@ impl Config {
         if let Some(s) = number(&cli.shutdown_timeout_seconds, "SHUTDOWN_TIMEOUT_SECONDS")? {
             cfg.shutdown_timeout = Duration::from_secs(s);
         }
+        if let Some(list) = get(&cli.default_bindings, "DEFAULT_BINDINGS") {
+            for b in list.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+                if !crate::command::is_valid_key(&b.replace("{request_id}", "x")) {
+                    return Err(ConfigError::Binding(b.to_owned()));
+                }
+                cfg.default_bindings.push(b.to_owned());
+            }
+        }
+        if let Some(port) = get(&cli.internal_port, "INTERNAL_PORT") {
+            let p: u16 = port.trim().parse().map_err(|_| ConfigError::InternalPort(port.clone()))?;
+            if p == 0 {
+                return Err(ConfigError::InternalPort(port));
+            }
+            cfg.internal_listen = Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p));
+        }
+        if let Some(listen) = get(&cli.internal_listen, "INTERNAL_LISTEN") {
+            cfg.internal_listen = Some(listen.trim().parse().map_err(|_| ConfigError::InternalListen(listen.clone()))?);
+        }
+        cfg.internal_api_secret = get(&cli.internal_api_secret, "INTERNAL_API_SECRET");
+        if let Some(n) = number(&cli.max_connections, "MAX_CONNECTIONS")? {
+            cfg.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = number(&cli.max_header_bytes, "MAX_HEADER_BYTES")? {
+            cfg.max_header_bytes = usize::try_from(n).unwrap_or(usize::MAX).max(1024);
+        }
         if get(&cli.rabbitmq_url, "RABBITMQ_URL").is_some() {
             return Err(ConfigError::AmqpUnsupported);
         }
@@ -213,6 +282,20 @@ mod tests {
         assert!(load(&[("CALLBACK_URL", "ftp://x/")], Cli::default()).is_err());
         let (cfg, _) = load(&[("CALLBACK_URL", "http://127.0.0.1:5000/cb?secret=s")], Cli::default()).unwrap();
         assert_eq!(cfg.callback_url.as_deref(), Some("http://127.0.0.1:5000/cb?secret=s"));
+    }
+
+    #[test]
+    fn internal_listener_defaults_to_loopback() {
+        let (cfg, _) = load(&[("INTERNAL_PORT", "3001")], Cli::default()).unwrap();
+        assert_eq!(cfg.internal_listen, Some("127.0.0.1:3001".parse().unwrap()));
+        assert!(load(&[("INTERNAL_PORT", "x")], Cli::default()).is_err());
+    }
+
+    #[test]
+    fn default_bindings_are_validated() {
+        let (cfg, _) = load(&[("DEFAULT_BINDINGS", "broadcast, connection.{request_id}")], Cli::default()).unwrap();
+        assert_eq!(cfg.default_bindings, vec!["broadcast", "connection.{request_id}"]);
+        assert!(load(&[("DEFAULT_BINDINGS", "bad key")], Cli::default()).is_err());
     }
 
     #[test]

@@ -51,6 +51,27 @@ impl ClientRequest {
     }
 }
 
+impl ClientRequest {
+    /// Collects the forwarded form from raw header pairs (name, value bytes),
+    /// with the same rules as [`ClientRequest::from_parts`].
+    pub fn from_raw<'a>(url: String, headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Self {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (name, value) in headers {
+            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+            let value = String::from_utf8_lossy(value);
+            match out.iter_mut().find(|(k, _)| *k == name) {
+                Some((k, v)) => {
+                    v.push_str(if k == "cookie" { "; " } else { ", " });
+                    v.push_str(&value);
+                }
+                None => out.push((name, value.into_owned())),
+            }
+        }
+        out.shrink_to_fit();
+        Self { url, headers: out }
+    }
+}
+
 impl Serialize for ClientRequest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         struct Headers<'a>(&'a [(String, String)]);
@@ -275,6 +296,9 @@ mod tests {
         h.append("cookie", "b=2".parse().unwrap());
         h.append("x-bin", http::HeaderValue::from_bytes(b"caf\xe9").unwrap());
         let r = ClientRequest::from_parts("/s?a=%20".into(), &h);
+        let raw: Vec<(&[u8], &[u8])> =
+            vec![(b"X-B", b"1"), (b"Cookie", b"a=1"), (b"x-b", b"2"), (b"cookie", b"b=2"), (b"X-Bin", b"caf\xe9")];
+        assert_eq!(ClientRequest::from_raw("/s?a=%20".into(), raw.into_iter()), r);
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"url":"/s?a=%20","headers":{"x-b":"1, 2","cookie":"a=1; b=2","x-bin":"caf�"}}"#

@@ -63,6 +63,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
             None
         }
     };
+    let internal = match config.internal_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (internal)"))?;
+            Some(l)
+        }
+        None => None,
+    };
+    if internal.is_none() && config.internal_api_secret.is_none() {
+        warn!("neither INTERNAL_PORT nor INTERNAL_API_SECRET is set: /internal/publish and /metrics are not reachable");
+    }
+    let internal_addr = internal.as_ref().map(TcpListener::local_addr).transpose()?;
     let gateway = Gateway::new(config, hook);
     let shutdown = gateway.shutdown_token();
     tokio::spawn(async move {
@@ -70,10 +81,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         info!("signal received: shutting down");
         shutdown.cancel();
     });
+    if let Some(a) = internal_addr {
+        info!(addr = %a, "internal listener");
+        println!("sse-gateway internal listener on http://{a}");
+    }
     info!(%addr, "sse-gateway listening");
     // Scripts and tests read this line to learn the port when it was 0.
     println!("sse-gateway listening on http://{addr}");
-    gateway.serve(listener).await;
+    gateway.serve(listener, internal).await;
     Ok(())
 }
 

@@ -1,24 +1,25 @@
-//! One client stream: its bounded byte queue and the HTTP body that drains it.
+//! One client stream: its bounded byte queue, and the guard that reports its end.
 //!
 //! Producers (the router, the heartbeat ticker) push shared, already-encoded
-//! `Bytes` into a [`StreamQueue`]; the connection task polls the matching
-//! [`SseBody`], which hands each buffer to hyper as one chunk (hyper writes
-//! queued chunks with a vectored write, so nothing is copied per stream).
+//! `Bytes` into a [`StreamQueue`]; the stream's writer (the raw socket writer
+//! in `raw_stream`, or [`SseBody`] when hyper serves the connection) takes them
+//! out in order. Nothing is copied per stream: every queue holds clones of the
+//! same reference-counted buffer.
 //!
-//! The queue is bounded in bytes. A client that stops reading lets the queue
-//! fill; the push that would exceed the bound closes the stream with reason
-//! `error` and fires the stream's abort signal, which drops the connection (a
-//! blocked socket would otherwise never let the body finish).
+//! The queue is bounded in bytes. The push that would exceed the bound drops
+//! what is queued, queues a `retry:` hint instead, marks the stream closing
+//! with reason `error` and wakes the writer, which writes the hint if the
+//! socket takes it and closes the connection; a hyper-served stream is cut
+//! through its abort token instead.
 //!
-//! When the body is dropped, for whatever reason, its end hook runs once with
-//! the reason the stream ended: this is the single place disconnects are
-//! reported.
+//! Whatever ends a stream, dropping its [`StreamHandle`] runs the end hook
+//! once with the recorded reason: the single place disconnects are reported.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
@@ -33,7 +34,7 @@ use crate::hook::{ClientRequest, DisconnectReason};
 pub enum PushError {
     /// The stream is closing or gone; the reason it ended.
     Closed(DisconnectReason),
-    /// This push would exceed the queue bound; the stream is now closed with `error`.
+    /// This push would exceed the queue bound; the stream is now closing with `error`.
     Overflow,
 }
 
@@ -43,9 +44,24 @@ struct QueueState {
     bytes: usize,
     /// Set once: the stream ends after `items` are written.
     closing: Option<DisconnectReason>,
+    /// Stop at once, even mid-write (shutdown deadline).
+    cut: bool,
 }
 
-/// The per-stream queue, shared by producers and the stream's body.
+/// What a writer found in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// Frames were moved into the batch.
+    Frames,
+    /// Nothing queued; the waker is registered.
+    Empty,
+    /// Everything is written and the stream is closing with this reason.
+    End(DisconnectReason),
+    /// Abandon the connection now (overflow after its hint, or the deadline cut).
+    Abandon,
+}
+
+/// The per-stream queue, shared by producers and the stream's writer.
 #[derive(Debug)]
 pub struct StreamQueue {
     token: Uuid,
@@ -53,12 +69,13 @@ pub struct StreamQueue {
     limit: usize,
     state: Mutex<QueueState>,
     waker: AtomicWaker,
-    abort: CancellationToken,
+    /// Cuts a hyper-served connection; raw streams watch `cut` instead.
+    abort: Option<CancellationToken>,
 }
 
 impl StreamQueue {
-    /// A new, empty queue bounded to `limit` bytes. `abort` cuts the connection.
-    pub fn new(token: Uuid, request: Arc<ClientRequest>, limit: usize, abort: CancellationToken) -> Arc<Self> {
+    /// A new, empty queue bounded to `limit` bytes.
+    pub fn new(token: Uuid, request: Arc<ClientRequest>, limit: usize, abort: Option<CancellationToken>) -> Arc<Self> {
         Arc::new(Self { token, request, limit, state: Mutex::default(), waker: AtomicWaker::new(), abort })
     }
 
@@ -73,8 +90,8 @@ impl StreamQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {
-        // A panic while holding this lock cannot leave the queue inconsistent
-        // (every mutation is a single push/pop), so a poisoned lock is usable.
+        // Every mutation is a few field updates that cannot panic midway, so a
+        // poisoned lock still guards a consistent queue.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -86,10 +103,14 @@ impl StreamQueue {
         }
         if st.bytes + frame.len() > self.limit {
             st.items.clear();
-            st.bytes = 0;
+            let hint = crate::retry_hint(5_000, 10_000);
+            st.bytes = hint.len();
+            st.items.push_back(hint);
             st.closing = Some(DisconnectReason::Error);
             drop(st);
-            self.abort.cancel();
+            if let Some(abort) = &self.abort {
+                abort.cancel();
+            }
             self.waker.wake();
             return Err(PushError::Overflow);
         }
@@ -117,21 +138,62 @@ impl StreamQueue {
         true
     }
 
+    /// Stops the stream at once (shutdown deadline); its reason stays as recorded.
+    pub fn cut(&self) {
+        let mut st = self.lock();
+        st.cut = true;
+        st.closing.get_or_insert(DisconnectReason::ServerClosed);
+        drop(st);
+        if let Some(abort) = &self.abort {
+            abort.cancel();
+        }
+        self.waker.wake();
+    }
+
     /// Bytes waiting to be written.
     pub fn queued_bytes(&self) -> usize {
         self.lock().bytes
     }
 
-    fn next(&self) -> Poll<Option<Bytes>> {
+    /// Moves up to `max` queued frames into `out`, or reports why there are none.
+    /// Registers `waker` when it returns [`Batch::Empty`].
+    pub fn take_batch(&self, out: &mut Vec<Bytes>, max: usize, waker: &Waker) -> Batch {
         let mut st = self.lock();
-        match st.items.pop_front() {
-            Some(b) => {
-                st.bytes -= b.len();
-                Poll::Ready(Some(b))
-            }
-            None if st.closing.is_some() => Poll::Ready(None),
-            None => Poll::Pending,
+        if st.cut {
+            return Batch::Abandon;
         }
+        if st.items.is_empty() {
+            return match st.closing {
+                Some(reason) => Batch::End(reason),
+                None => {
+                    self.waker.register(waker);
+                    Batch::Empty
+                }
+            };
+        }
+        let n = st.items.len().min(max);
+        for _ in 0..n {
+            if let Some(b) = st.items.pop_front() {
+                st.bytes -= b.len();
+                out.push(b);
+            }
+        }
+        Batch::Frames
+    }
+
+    /// Wakes `waker` on the next push, close or cut.
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// True once the shutdown deadline cut this stream.
+    pub fn is_cut(&self) -> bool {
+        self.lock().cut
+    }
+
+    /// True once the stream closed because its client could not keep up.
+    pub fn overflowed(&self) -> bool {
+        self.lock().closing == Some(DisconnectReason::Error)
     }
 
     /// Marks the stream gone and returns why it ended (client_closed unless
@@ -144,23 +206,28 @@ impl StreamQueue {
     }
 }
 
-/// Runs once when a stream's body is dropped, with the reason it ended.
+/// Runs once when a stream ends, with the reason it ended.
 pub type EndHook = Box<dyn FnOnce(&Arc<StreamQueue>, DisconnectReason) + Send + Sync>;
 
-/// The response body of an open stream.
-pub struct SseBody {
+/// Ownership of an open stream: dropping it reports the end, exactly once.
+pub struct StreamHandle {
     queue: Arc<StreamQueue>,
     on_end: Option<EndHook>,
 }
 
-impl SseBody {
-    /// A body draining `queue`; `on_end` runs when the body is dropped.
+impl StreamHandle {
+    /// A handle for `queue`; `on_end` runs when the handle is dropped.
     pub fn new(queue: Arc<StreamQueue>, on_end: EndHook) -> Self {
         Self { queue, on_end: Some(on_end) }
     }
+
+    /// The stream's queue.
+    pub fn queue(&self) -> &Arc<StreamQueue> {
+        &self.queue
+    }
 }
 
-impl Drop for SseBody {
+impl Drop for StreamHandle {
     fn drop(&mut self) {
         let reason = self.queue.finish();
         if let Some(hook) = self.on_end.take() {
@@ -169,24 +236,41 @@ impl Drop for SseBody {
     }
 }
 
+/// The response body of a stream served through hyper.
+pub struct SseBody {
+    handle: StreamHandle,
+    batch: Vec<Bytes>,
+}
+
+impl SseBody {
+    /// A body draining the handle's queue.
+    pub fn new(handle: StreamHandle) -> Self {
+        Self { handle, batch: Vec::new() }
+    }
+}
+
 impl http_body::Body for SseBody {
     type Data = Bytes;
     type Error = Infallible;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Poll::Ready(item) = self.queue.next() {
-            return Poll::Ready(item.map(|b| Ok(Frame::data(b))));
+        let this = self.get_mut();
+        if this.batch.is_empty() {
+            match this.handle.queue.take_batch(&mut this.batch, 64, cx.waker()) {
+                Batch::Frames => this.batch.reverse(),
+                Batch::Empty => return Poll::Pending,
+                Batch::End(_) | Batch::Abandon => return Poll::Ready(None),
+            }
         }
-        self.queue.waker.register(cx.waker());
-        self.queue.next().map(|item| item.map(|b| Ok(Frame::data(b))))
+        Poll::Ready(this.batch.pop().map(|b| Ok(Frame::data(b))))
     }
 }
 
-/// Every response body the gateway produces.
+/// Every response body the hyper-served surface produces.
 pub enum ResponseBody {
     /// A complete body with a known length (JSON answers).
     Full(Option<Bytes>),
-    /// A complete body sent chunked, like a stream that ends at once (in-stream rejection).
+    /// A complete body sent chunked, like a stream that ends at once (in-stream answers).
     Chunked(Option<Bytes>),
     /// A live SSE stream.
     Stream(SseBody),
@@ -221,17 +305,26 @@ mod tests {
 
     fn queue(limit: usize) -> Arc<StreamQueue> {
         let req = Arc::new(ClientRequest { url: "/".into(), headers: vec![] });
-        StreamQueue::new(Uuid::new_v4(), req, limit, CancellationToken::new())
+        StreamQueue::new(Uuid::new_v4(), req, limit, Some(CancellationToken::new()))
+    }
+
+    fn take(q: &StreamQueue) -> (Batch, Vec<Bytes>) {
+        let mut out = Vec::new();
+        let b = q.take_batch(&mut out, 64, Waker::noop());
+        (b, out)
     }
 
     #[test]
-    fn overflow_closes_with_error_and_aborts() {
+    fn overflow_replaces_the_queue_with_a_retry_hint_and_aborts() {
         let q = queue(10);
         q.push(Bytes::from_static(b"12345")).unwrap();
         assert_eq!(q.push(Bytes::from_static(b"123456")), Err(PushError::Overflow));
-        assert!(q.abort.is_cancelled());
-        assert_eq!(q.queued_bytes(), 0);
+        assert!(q.abort.as_ref().unwrap().is_cancelled());
         assert_eq!(q.push(Bytes::from_static(b"1")), Err(PushError::Closed(DisconnectReason::Error)));
+        let (batch, frames) = take(&q);
+        assert_eq!(batch, Batch::Frames);
+        assert!(frames.len() == 1 && frames[0].starts_with(b"retry: "), "{frames:?}");
+        assert_eq!(take(&q).0, Batch::End(DisconnectReason::Error));
         assert_eq!(q.finish(), DisconnectReason::Error);
     }
 
@@ -241,18 +334,26 @@ mod tests {
         q.push(Bytes::from_static(b"a")).unwrap();
         assert!(q.close(Some(Bytes::from_static(b"z")), DisconnectReason::ServerClosed));
         assert!(!q.close(None, DisconnectReason::Error));
-        assert_eq!(q.next(), Poll::Ready(Some(Bytes::from_static(b"a"))));
-        assert_eq!(q.next(), Poll::Ready(Some(Bytes::from_static(b"z"))));
-        assert_eq!(q.next(), Poll::Ready(None));
+        assert_eq!(take(&q), (Batch::Frames, vec![Bytes::from_static(b"a"), Bytes::from_static(b"z")]));
+        assert_eq!(take(&q).0, Batch::End(DisconnectReason::ServerClosed));
         assert_eq!(q.finish(), DisconnectReason::ServerClosed);
     }
 
     #[test]
-    fn dropped_body_reports_client_closed_once() {
+    fn cut_abandons_even_with_frames_queued() {
+        let q = queue(100);
+        q.push(Bytes::from_static(b"a")).unwrap();
+        q.cut();
+        assert_eq!(take(&q).0, Batch::Abandon);
+        assert_eq!(q.finish(), DisconnectReason::ServerClosed);
+    }
+
+    #[test]
+    fn dropped_handle_reports_client_closed_once() {
         let q = queue(100);
         let (tx, rx) = std::sync::mpsc::channel();
-        let body = SseBody::new(q, Box::new(move |_, reason| tx.send(reason).unwrap()));
-        drop(body);
+        let handle = StreamHandle::new(q, Box::new(move |_, reason| tx.send(reason).unwrap()));
+        drop(handle);
         assert_eq!(rx.try_recv(), Ok(DisconnectReason::ClientClosed));
         assert!(rx.try_recv().is_err());
     }

@@ -13,7 +13,8 @@ const READY: &[u8] = b"event: ready\ndata:\n\n";
 
 async fn gateway(backend: &Backend, env: &[(&str, &str)]) -> Process {
     let url = backend.callback_url();
-    let mut all = vec![("LISTEN_ADDR", "127.0.0.1:0"), ("CALLBACK_URL", url.as_str())];
+    let mut all =
+        vec![("LISTEN_ADDR", "127.0.0.1:0"), ("INTERNAL_LISTEN", "127.0.0.1:0"), ("CALLBACK_URL", url.as_str())];
     all.extend_from_slice(env);
     Process::spawn(BIN, &[], &all).await
 }
@@ -451,9 +452,9 @@ async fn slow_client_is_closed_with_error_callback_and_counted() {
     assert_eq!(answers.last(), Some(&500), "the queue bound was hit within {} sends", answers.len());
     let d = backend.expect("disconnect").await;
     assert_eq!((d.token(), d.body["reason"].clone()), (token.clone(), json!("error")));
-    let metrics = request(gw.addr, "GET", "/metrics", &[], b"").await;
+    let metrics = request(gw.internal_addr(), "GET", "/metrics", &[], b"").await;
     let text = String::from_utf8_lossy(&metrics.body);
-    assert!(text.contains("sse_gateway_queue_overflows_total 1"), "{text}");
+    assert!(text.contains("sse_gateway_queue_overflows_total{reason=\"slow_consumer\"} 1"), "{text}");
     assert_eq!(send(gw.addr, json!({"token": token, "event": {"data": "x"}})).await.0, 404);
     drop(client);
 }
@@ -528,7 +529,7 @@ async fn metrics_count_streams_and_callbacks() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
     let (_client, _) = open_stream(&gw, &backend, "/s").await;
-    let r = request(gw.addr, "GET", "/metrics", &[], b"").await;
+    let r = request(gw.internal_addr(), "GET", "/metrics", &[], b"").await;
     let text = String::from_utf8_lossy(&r.body);
     assert!(text.contains("sse_gateway_active_connections 1"), "{text}");
     assert!(text.contains("sse_gateway_connections_total{action=\"connect\"} 1"), "{text}");

@@ -15,6 +15,8 @@ pub struct Process {
     child: Child,
     /// The address from its "listening on http://ADDR" line.
     pub addr: SocketAddr,
+    /// The address from an "internal listener on http://ADDR" line printed before it, if any.
+    pub internal: Option<SocketAddr>,
     stderr: Arc<Mutex<Vec<String>>>,
     new_line: Arc<tokio::sync::Notify>,
 }
@@ -50,22 +52,30 @@ impl Process {
         });
         let out = child.stdout.take().expect("stdout piped");
         let mut lines = BufReader::new(out).lines();
-        let addr = within("the process to print its listening address", async {
+        let (addr, internal) = within("the process to print its listening address", async {
+            let mut internal = None;
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    return rest.trim().parse::<SocketAddr>().expect("address after 'listening on'");
+                if let Some(rest) = line.split("internal listener on http://").nth(1) {
+                    internal = Some(rest.trim().parse::<SocketAddr>().expect("address after 'internal listener on'"));
+                } else if let Some(rest) = line.split("listening on http://").nth(1) {
+                    return (rest.trim().parse::<SocketAddr>().expect("address after 'listening on'"), internal);
                 }
             }
             panic!("process exited before listening");
         })
         .await;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Process { child, addr, stderr, new_line }
+        Process { child, addr, internal, stderr, new_line }
     }
 
     /// `http://ADDR` of the process.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The internal listener's address (panics if the process has none).
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal.expect("the process printed no internal listener address")
     }
 
     /// Lines the process wrote on stderr so far.

@@ -1,0 +1,273 @@
+//! The connect path, independent of how the stream is transported: register
+//! the token, ask the hook, and turn its answer into a [`Decision`].
+//!
+//! The hook runs in its own tracked task. The caller (raw socket or hyper)
+//! awaits the decision; if the client leaves first, the caller drops the
+//! receiver, and the task still learns the answer: an accepted stream then
+//! reports `client_closed`, because the backend must hear the end of what it
+//! accepted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::StatusCode;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::Shared;
+use crate::error::ApiError;
+use crate::hook::{Accepted, ClientRequest, ConnectHook, DisconnectReason, Refusal};
+use crate::router::{Opened, Refused};
+use crate::stream::{EndHook, StreamHandle, StreamQueue};
+
+/// What the client gets.
+pub(crate) enum Decision {
+    /// An open stream; its queue holds the buffered events and `ready` (or the end).
+    Stream(StreamHandle),
+    /// 200 with SSE headers, this one frame, then the end (in-stream rejection or retry hint).
+    InStream(Bytes),
+    /// An HTTP error answer.
+    Error(ApiError),
+}
+
+/// Starts the connect path. Returns the decision at once when no hook is
+/// needed, or a receiver for the hook's.
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    request: ClientRequest,
+    abort: Option<CancellationToken>,
+) -> Result<oneshot::Receiver<Decision>, Decision> {
+    let Some(hook) = shared.hook.clone() else {
+        return Err(Decision::Error(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_NOT_CONFIGURED",
+            "CALLBACK_URL is not configured",
+        )));
+    };
+    let token = Uuid::new_v4();
+    match shared.router.register_pending(token) {
+        Ok(()) => {}
+        Err(Refused::Full) => {
+            shared.metrics.stream_refused("max_connections");
+            warn!(max = shared.config.max_connections, "stream refused: MAX_CONNECTIONS reached");
+            return Err(Decision::InStream(crate::retry_hint(5_000, 15_000)));
+        }
+        Err(Refused::Draining) => {
+            return Err(Decision::InStream(crate::retry_hint(1_000, 5_000)));
+        }
+    }
+    let (tx, rx) = oneshot::channel();
+    let task_shared = Arc::clone(shared);
+    shared.tracker.spawn(async move {
+        let request = Arc::new(request);
+        let started = Instant::now();
+        let result = hook.connect(token, &request).await;
+        let decision = match result {
+            Ok(accepted) => {
+                task_shared.metrics.callback("connect", "accepted", started.elapsed());
+                if tx.is_closed() {
+                    task_shared.router.remove(token);
+                    info!(%token, "client left during the connect callback");
+                    spawn_disconnect(&task_shared, hook, token, DisconnectReason::ClientClosed, request);
+                    return;
+                }
+                open(&task_shared, hook, token, request, accepted, abort)
+            }
+            Err(refusal) => {
+                task_shared.router.remove(token);
+                refused(&task_shared, token, refusal, started)
+            }
+        };
+        // If the client left just now, the decision (and its stream handle)
+        // is dropped here, which reports `client_closed` for an opened stream.
+        let _ = tx.send(decision);
+    });
+    Ok(rx)
+}
+
+fn open(
+    shared: &Arc<Shared>,
+    hook: Arc<dyn ConnectHook>,
+    token: Uuid,
+    request: Arc<ClientRequest>,
+    accepted: Accepted,
+    abort: Option<CancellationToken>,
+) -> Decision {
+    let keys = bindings(&shared.config.default_bindings, &accepted, &request.url);
+    let queue = StreamQueue::new(token, request, shared.config.stream_queue_bytes, abort);
+    let opened = shared
+        .router
+        .open(&queue, keys, Bytes::from_static(sse_wire::encode::READY), || crate::retry_hint(1_000, 5_000));
+    if opened == Opened::Gone {
+        spawn_disconnect(shared, hook, token, DisconnectReason::ServerClosed, Arc::clone(queue.request()));
+        return Decision::Error(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SHUTTING_DOWN",
+            "The stream was closed",
+        ));
+    }
+    shared.metrics.stream_opened();
+    info!(%token, request_id = accepted.request_id.as_deref().unwrap_or(""), "stream opened");
+    Decision::Stream(StreamHandle::new(queue, end_hook(shared, hook)))
+}
+
+fn refused(shared: &Shared, token: Uuid, refusal: Refusal, started: Instant) -> Decision {
+    let elapsed = started.elapsed();
+    match refusal {
+        Refusal::Rejected { status, message } => {
+            shared.metrics.callback("connect", "rejected", elapsed);
+            info!(%token, status, "backend rejected the stream");
+            Decision::InStream(sse_wire::encode::rejected(status, &message))
+        }
+        Refusal::Status(code) => {
+            shared.metrics.callback("connect", "status", elapsed);
+            warn!(%token, status = code, "backend answered the connect callback with an error status");
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+            Decision::Error(ApiError::new(status, "BACKEND_ERROR", format!("Backend returned {code}")))
+        }
+        Refusal::Timeout => {
+            shared.metrics.callback("connect", "timeout", elapsed);
+            warn!(%token, "connect callback timed out");
+            Decision::Error(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "GATEWAY_TIMEOUT", "Backend callback timed out"))
+        }
+        Refusal::Unavailable(e) => {
+            shared.metrics.callback("connect", "unavailable", elapsed);
+            warn!(%token, error = %e, "backend unavailable");
+            Decision::Error(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "BACKEND_UNAVAILABLE",
+                "Backend unavailable",
+            ))
+        }
+    }
+}
+
+/// The routing keys of a new stream: the answer's bindings, else the default
+/// templates with `{request_id}` filled in (skipped when there is no value).
+pub(crate) fn bindings(defaults: &[String], accepted: &Accepted, url: &str) -> Vec<String> {
+    let valid = |k: &String| crate::command::is_valid_key(k);
+    if !accepted.bindings.is_empty() {
+        let keys: Vec<String> = accepted.bindings.iter().filter(|k| valid(k)).cloned().collect();
+        if keys.len() != accepted.bindings.len() {
+            warn!("ignored invalid routing keys in the connect answer");
+        }
+        return keys;
+    }
+    let request_id = accepted.request_id.clone().or_else(|| query_param(url, "request_id"));
+    defaults
+        .iter()
+        .filter_map(|t| match (t.contains("{request_id}"), &request_id) {
+            (false, _) => Some(t.clone()),
+            (true, Some(id)) if !id.is_empty() => Some(t.replace("{request_id}", id)),
+            (true, _) => None,
+        })
+        .filter(valid)
+        .collect()
+}
+
+/// The first value of a query parameter, percent-decoded.
+pub(crate) fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', hi, lo]) => hex(*hi).zip(hex(*lo)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn end_hook(shared: &Arc<Shared>, hook: Arc<dyn ConnectHook>) -> EndHook {
+    let shared = Arc::clone(shared);
+    Box::new(move |queue: &Arc<StreamQueue>, reason| {
+        shared.router.remove_stream(queue);
+        shared.metrics.stream_ended(reason);
+        info!(token = %queue.token(), reason = reason.as_str(), "stream ended");
+        spawn_disconnect(&shared, hook, queue.token(), reason, Arc::clone(queue.request()));
+    })
+}
+
+fn spawn_disconnect(
+    shared: &Arc<Shared>,
+    hook: Arc<dyn ConnectHook>,
+    token: Uuid,
+    reason: DisconnectReason,
+    request: Arc<ClientRequest>,
+) {
+    // Handles can be dropped while the runtime itself shuts down; then there
+    // is nobody left to send the callback.
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    let task_shared = Arc::clone(shared);
+    shared.tracker.spawn_on(
+        async move {
+            let started = Instant::now();
+            match hook.disconnect(token, reason, &request).await {
+                Ok(()) => task_shared.metrics.callback("disconnect", "ok", started.elapsed()),
+                Err(e) => {
+                    task_shared.metrics.callback("disconnect", "failed", started.elapsed());
+                    warn!(%token, error = %e, "disconnect callback failed");
+                }
+            }
+        },
+        &rt,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Vec<String> {
+        vec!["broadcast".into(), "connection.{request_id}".into()]
+    }
+
+    #[test]
+    fn answer_bindings_win_over_defaults() {
+        let a = Accepted { bindings: vec!["subject.u".into(), "bad key".into()], ..Accepted::default() };
+        assert_eq!(bindings(&defaults(), &a, "/s?request_id=q"), vec!["subject.u"]);
+    }
+
+    #[test]
+    fn defaults_take_request_id_from_answer_then_query() {
+        let a = Accepted { request_id: Some("ans".into()), ..Accepted::default() };
+        assert_eq!(bindings(&defaults(), &a, "/s?request_id=q"), vec!["broadcast", "connection.ans"]);
+        assert_eq!(
+            bindings(&defaults(), &Accepted::default(), "/s?x=1&request_id=a%2Fb&request_id=2"),
+            vec!["broadcast", "connection.a/b"]
+        );
+        assert_eq!(bindings(&defaults(), &Accepted::default(), "/s"), vec!["broadcast"]);
+    }
+
+    #[test]
+    fn percent_decoding_is_lenient() {
+        assert_eq!(query_param("/?a=%zz%41+b%", "a").as_deref(), Some("%zzA b%"));
+    }
+}

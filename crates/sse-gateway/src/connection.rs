@@ -1,0 +1,247 @@
+//! One accepted TCP connection: read its first request head, then either
+//! serve a stream on the raw socket (`raw_stream`) or hand the connection,
+//! with the bytes already read, to hyper (`api`).
+//!
+//! Only the common case takes the raw path: an HTTP/1.1 `GET` without a body
+//! for a stream path on the public listener. Everything else (the internal
+//! API, health, `HEAD`, HTTP/1.0, requests with bodies, and every later
+//! request on a kept-alive connection) is hyper's.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::Shared;
+use crate::connect::{self, Decision};
+use crate::error::ApiError;
+use crate::hook::ClientRequest;
+use crate::raw_stream;
+
+/// Which listener accepted the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    /// The public port: streams, `/internal/send`, health.
+    Public,
+    /// The loopback internal port: the internal API and metrics, no streams.
+    Internal,
+}
+
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves one connection to its end.
+pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, listener: Listener) {
+    let mut buf = Vec::with_capacity(1024);
+    let first =
+        match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp, &mut buf, shared.config.max_header_bytes)).await {
+            Err(_) | Ok(Head::Closed) => return,
+            Ok(Head::TooLarge) => {
+                let e = ApiError::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "HEADERS_TOO_LARGE",
+                    format!("Request head exceeds {} bytes", shared.config.max_header_bytes),
+                );
+                return write_error_and_close(&mut tcp, &e).await;
+            }
+            Ok(Head::Invalid) => {
+                let e = ApiError::bad_request("BAD_REQUEST", "Malformed HTTP request");
+                return write_error_and_close(&mut tcp, &e).await;
+            }
+            Ok(Head::Complete(head)) => head,
+        };
+    if listener == Listener::Public && first.is_raw_stream() {
+        drop(buf);
+        let request = first.request;
+        Box::pin(raw(shared, tcp, request)).await;
+    } else {
+        Box::pin(crate::api::serve_hyper(shared, tcp, Bytes::from(buf), listener)).await;
+    }
+}
+
+async fn raw(shared: Arc<Shared>, mut tcp: TcpStream, request: ClientRequest) {
+    let decision = match connect::start(&shared, request, None) {
+        Err(decision) => decision,
+        Ok(rx) => {
+            tokio::select! {
+                d = rx => match d {
+                    Ok(d) => d,
+                    Err(_) => Decision::Error(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "connect task failed")),
+                },
+                // Dropping the receiver tells the connect task the client left.
+                () = client_gone(&tcp) => return,
+            }
+        }
+    };
+    match decision {
+        Decision::Stream(handle) => raw_stream::serve(tcp, handle, &shared.metrics).await,
+        Decision::InStream(frame) => raw_stream::write_in_stream(&mut tcp, &frame, &shared.metrics).await,
+        Decision::Error(e) => write_error_and_close(&mut tcp, &e).await,
+    }
+}
+
+/// Resolves when the peer closes (anything it sends meanwhile is discarded).
+async fn client_gone(tcp: &TcpStream) {
+    let mut sink = [0u8; 256];
+    loop {
+        if tcp.readable().await.is_err() {
+            return;
+        }
+        match tcp.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+async fn write_error_and_close(tcp: &mut TcpStream, e: &ApiError) {
+    let body = e.body();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\n\
+         access-control-allow-origin: *\r\naccess-control-allow-methods: GET, POST, OPTIONS\r\n\
+         access-control-allow-headers: Content-Type, Cache-Control\r\nconnection: close\r\n\r\n",
+        e.status.as_u16(),
+        e.status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let _ = tcp.write_all(&body).await;
+    let _ = tcp.shutdown().await;
+}
+
+struct FirstRequest {
+    method_get: bool,
+    http11: bool,
+    has_body: bool,
+    request: ClientRequest,
+}
+
+impl FirstRequest {
+    fn is_raw_stream(&self) -> bool {
+        self.method_get && self.http11 && !self.has_body && is_stream_path(&self.request.url)
+    }
+}
+
+/// True for every path that opens a stream (all but the gateway's own routes).
+pub(crate) fn is_stream_path(url: &str) -> bool {
+    let path = url.split('?').next().unwrap_or("");
+    !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/internal") && !path.starts_with("/internal/")
+}
+
+enum Head {
+    Complete(FirstRequest),
+    Closed,
+    TooLarge,
+    Invalid,
+}
+
+async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Head {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                let url = req.path.unwrap_or("/").to_owned();
+                let has_body = req.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("transfer-encoding")
+                        || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
+                });
+                let request = ClientRequest::from_raw(url, req.headers.iter().map(|h| (h.name.as_bytes(), h.value)));
+                return Head::Complete(FirstRequest {
+                    method_get: req.method == Some("GET"),
+                    http11: req.version == Some(1),
+                    has_body,
+                    request,
+                });
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => return Head::TooLarge,
+            Err(_) => return Head::Invalid,
+        }
+        if buf.len() >= max {
+            return Head::TooLarge;
+        }
+        if tcp.readable().await.is_err() {
+            return Head::Closed;
+        }
+        buf.reserve(1024.min(max - buf.len()).max(1));
+        let spare = buf.capacity() - buf.len();
+        let start = buf.len();
+        buf.resize(start + spare, 0);
+        match tcp.try_read(&mut buf[start..]) {
+            Ok(0) => return Head::Closed,
+            Ok(n) => buf.truncate(start + n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
+            Err(_) => return Head::Closed,
+        }
+    }
+}
+
+/// A socket whose first bytes were already read: hyper sees them again first.
+pub(crate) struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    pub(crate) fn new(prefix: Bytes, inner: TcpStream) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_routes_are_not_stream_paths() {
+        for p in ["/healthz", "/readyz?x", "/metrics", "/internal", "/internal/send", "/internal/x?y"] {
+            assert!(!is_stream_path(p), "{p}");
+        }
+        for p in ["/", "/api/sse/stream?request_id=1", "/healthzz", "/internalx"] {
+            assert!(is_stream_path(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Serves an SSE stream directly on its TCP socket, without hyper.
+//!
+//! Why not hyper here: an idle stream must cost a few KiB at most, and a hyper
+//! HTTP/1 connection keeps an 8 KiB read buffer plus its write buffers for as
+//! long as it lives. A stream needs none of that: after the request head, the
+//! socket only ever carries our chunks out and, inbound, the client's EOF. So
+//! the first request on a connection is read by `connection`; when it is a
+//! plain `GET` of a stream path it comes here.
+//!
+//! The writer takes the frames queued since its last write (shared `Bytes`,
+//! never copied) and writes them as one HTTP chunk with one vectored write:
+//! `<size>\r\n`, the frames, `\r\n`. It watches the socket for the client's
+//! EOF at the same time, and the queue for an overflow or a shutdown cut while
+//! a write is blocked. After a clean end it writes the terminating chunk and
+//! closes the connection.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::metrics::Metrics;
+use crate::stream::{Batch, StreamHandle};
+
+/// Most frames written in one chunk (the iovec array lives on the stack).
+const MAX_FRAMES: usize = 62;
+
+const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
+content-type: text/event-stream\r\n\
+cache-control: no-cache\r\n\
+connection: keep-alive\r\n\
+x-accel-buffering: no\r\n\
+access-control-allow-origin: *\r\n\
+access-control-allow-methods: GET, POST, OPTIONS\r\n\
+access-control-allow-headers: Content-Type, Cache-Control\r\n\
+transfer-encoding: chunked\r\n\r\n";
+
+/// Writes a whole in-stream answer (headers, one frame, end) and closes.
+pub(crate) async fn write_in_stream(tcp: &mut TcpStream, frame: &[u8], metrics: &Metrics) {
+    let mut out = Vec::with_capacity(SSE_HEAD.len() + frame.len() + 16);
+    out.extend_from_slice(SSE_HEAD);
+    out.extend_from_slice(format!("{:x}\r\n", frame.len()).as_bytes());
+    out.extend_from_slice(frame);
+    out.extend_from_slice(b"\r\n0\r\n\r\n");
+    if tcp.write_all(&out).await.is_ok() {
+        metrics.bytes_written(out.len());
+        let _ = tcp.shutdown().await;
+    }
+}
+
+/// How a stream's writer stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// The stream ended and the terminating chunk went out.
+    Ended,
+    /// The client went away or the socket failed.
+    Gone,
+    /// The queue said to drop the connection now (overflow while blocked, or the cut).
+    Abandoned,
+}
+
+/// Serves an accepted stream until it ends; dropping `handle` reports the end.
+pub(crate) async fn serve(mut tcp: TcpStream, handle: StreamHandle, metrics: &Metrics) {
+    if tcp.write_all(SSE_HEAD).await.is_err() {
+        return;
+    }
+    metrics.bytes_written(SSE_HEAD.len());
+    let mut out = Outgoing::default();
+    let stop = poll_fn(|cx| poll_stream(&tcp, &handle, &mut out, metrics, cx)).await;
+    if stop == Stop::Ended {
+        let _ = tcp.shutdown().await;
+    }
+    drop(handle);
+}
+
+fn poll_stream(
+    tcp: &TcpStream,
+    handle: &StreamHandle,
+    out: &mut Outgoing,
+    metrics: &Metrics,
+    cx: &mut Context<'_>,
+) -> Poll<Stop> {
+    let queue = handle.queue();
+    loop {
+        // The client sends nothing after its request; readable means EOF (or junk to discard).
+        if let Poll::Ready(r) = tcp.poll_read_ready(cx) {
+            if r.is_err() {
+                return Poll::Ready(Stop::Gone);
+            }
+            let mut sink = [0u8; 256];
+            match tcp.try_read(&mut sink) {
+                Ok(0) => return Poll::Ready(Stop::Gone),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(Stop::Gone),
+            }
+        }
+        if out.is_empty() {
+            if out.terminated {
+                return Poll::Ready(Stop::Ended);
+            }
+            match queue.take_batch(&mut out.frames, MAX_FRAMES, cx.waker()) {
+                Batch::Frames => out.start_chunk(),
+                Batch::Empty => return Poll::Pending,
+                Batch::End(_) => out.start_terminator(),
+                Batch::Abandon => return Poll::Ready(Stop::Abandoned),
+            }
+        }
+        match tcp.poll_write_ready(cx) {
+            Poll::Pending => {
+                // Blocked on a client that does not read: an overflow or the
+                // shutdown cut must still be able to end this stream.
+                queue.register(cx.waker());
+                if queue.overflowed() || queue.is_cut() {
+                    return Poll::Ready(Stop::Abandoned);
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(Err(_)) => return Poll::Ready(Stop::Gone),
+            Poll::Ready(Ok(())) => {}
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_FRAMES + 2];
+        let n = out.slices(&mut slices);
+        match tcp.try_write_vectored(&slices[..n]) {
+            Ok(written) => {
+                metrics.bytes_written(written);
+                out.advance(written);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return Poll::Ready(Stop::Gone),
+        }
+    }
+}
+
+/// The bytes of the chunk being written: size line, frames, trailer.
+#[derive(Default)]
+struct Outgoing {
+    head: [u8; 18],
+    head_pos: usize,
+    head_len: usize,
+    frames: Vec<Bytes>,
+    next: usize,
+    tail: &'static [u8],
+    terminated: bool,
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        self.head_pos == self.head_len && self.next == self.frames.len() && self.tail.is_empty()
+    }
+
+    fn start_chunk(&mut self) {
+        let size: usize = self.frames.iter().map(Bytes::len).sum();
+        let line = format!("{size:x}\r\n");
+        self.head[..line.len()].copy_from_slice(line.as_bytes());
+        self.head_pos = 0;
+        self.head_len = line.len();
+        self.next = 0;
+        self.tail = b"\r\n";
+    }
+
+    fn start_terminator(&mut self) {
+        self.frames.clear();
+        self.next = 0;
+        self.head_pos = 0;
+        self.head_len = 0;
+        self.tail = b"0\r\n\r\n";
+        self.terminated = true;
+    }
+
+    fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        if self.head_pos < self.head_len {
+            slices[n] = IoSlice::new(&self.head[self.head_pos..self.head_len]);
+            n += 1;
+        }
+        for f in &self.frames[self.next..] {
+            slices[n] = IoSlice::new(f);
+            n += 1;
+        }
+        if !self.tail.is_empty() {
+            slices[n] = IoSlice::new(self.tail);
+            n += 1;
+        }
+        n
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        let head_left = self.head_len - self.head_pos;
+        let step = n.min(head_left);
+        self.head_pos += step;
+        n -= step;
+        while n > 0 && self.next < self.frames.len() {
+            let f = &mut self.frames[self.next];
+            if n >= f.len() {
+                n -= f.len();
+                self.next += 1;
+            } else {
+                f.advance(n);
+                n = 0;
+            }
+        }
+        let step = n.min(self.tail.len());
+        self.tail = &self.tail[step..];
+        if self.is_empty() {
+            self.frames.clear();
+            self.next = 0;
+            // Idle streams should not keep a large batch's capacity.
+            if self.frames.capacity() > 8 {
+                self.frames = Vec::new();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(out: &Outgoing) -> Vec<u8> {
+        let mut slices = [IoSlice::new(&[]); MAX_FRAMES + 2];
+        let n = out.slices(&mut slices);
+        slices[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn a_batch_is_one_chunk_and_partial_writes_resume_exactly() {
+        let mut out =
+            Outgoing { frames: vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defgh")], ..Default::default() };
+        out.start_chunk();
+        let all = written(&out);
+        assert_eq!(all, b"8\r\nabcdefgh\r\n");
+        for cut in 1..all.len() {
+            let mut o = Outgoing {
+                frames: vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defgh")],
+                ..Default::default()
+            };
+            o.start_chunk();
+            o.advance(cut);
+            assert_eq!(written(&o), &all[cut..], "after writing {cut} bytes");
+            o.advance(all.len() - cut);
+            assert!(o.is_empty());
+        }
+    }
+
+    #[test]
+    fn terminator_is_the_last_chunk() {
+        let mut out = Outgoing::default();
+        out.start_terminator();
+        assert_eq!(written(&out), b"0\r\n\r\n");
+        out.advance(5);
+        assert!(out.is_empty() && out.terminated);
+    }
+}
