@@ -48,7 +48,7 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--quiet", "--bin", name]).env("CARGO_TARGET_DIR", &target_dir);
+    cmd.args(["build", "--quiet", "-p", name, "--bin", name]).env("CARGO_TARGET_DIR", &target_dir);
     if release {
         cmd.arg("--release");
     }

@@ -1,0 +1,224 @@
+//! Frontend version notices (section 5, decision 19.5).
+//!
+//! On every connect the stream gets a `version` event: the version pushed for
+//! its `request_id` if any, else the document at `FRONTEND_VERSION_URL`
+//! (forwarded verbatim; `{"version":"unknown","error":...}` when it cannot be
+//! fetched). It is sent from the connect observer, i.e. while the gateway
+//! still buffers, so it arrives before `ready`. A push broadcasts to every
+//! stream and is remembered as pending for its `request_id`. The push is
+//! reachable through [`VersionService::router`], behind a bearer secret.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::broadcaster::Event;
+use crate::connections::ConnectionManager;
+
+/// Settings.
+#[derive(Debug, Clone)]
+pub struct VersionConfig {
+    /// `FRONTEND_VERSION_URL` (e.g. `http://frontend/version.json`).
+    pub version_url: Option<String>,
+    /// Fetch timeout (2 s).
+    pub fetch_timeout: Duration,
+}
+
+impl Default for VersionConfig {
+    fn default() -> Self {
+        Self { version_url: None, fetch_timeout: Duration::from_secs(2) }
+    }
+}
+
+struct Inner {
+    config: VersionConfig,
+    manager: ConnectionManager,
+    client: reqwest::Client,
+    pending: Mutex<HashMap<String, Value>>,
+    shutting_down: AtomicBool,
+}
+
+/// The version service. Cheap to clone.
+#[derive(Clone)]
+pub struct VersionService {
+    inner: Arc<Inner>,
+}
+
+impl VersionService {
+    /// Creates the service and registers its connect observer on `manager`.
+    pub fn new(config: VersionConfig, manager: ConnectionManager) -> Self {
+        let client = reqwest::Client::builder().timeout(config.fetch_timeout).build().unwrap_or_default();
+        let inner = Arc::new(Inner {
+            config,
+            manager: manager.clone(),
+            client,
+            pending: Mutex::default(),
+            shutting_down: AtomicBool::new(false),
+        });
+        // Weak: the manager owns the observer, the service owns the manager.
+        let weak: Weak<Inner> = Arc::downgrade(&inner);
+        manager.register_on_connect(move |rid| {
+            let weak = weak.clone();
+            async move {
+                if let Some(inner) = weak.upgrade() {
+                    VersionService { inner }.on_connect(&rid).await;
+                }
+            }
+        });
+        Self { inner }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Value>> {
+        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn on_connect(&self, request_id: &str) {
+        let pending = self.pending().get(request_id).cloned();
+        let payload = match pending {
+            Some(p) => p,
+            None => self.fetch().await,
+        };
+        self.inner.manager.send_to(request_id, &Event::json("version", &payload), "version").await;
+    }
+
+    /// The deployed version document, or the `unknown` payload with the reason.
+    pub async fn fetch(&self) -> Value {
+        let Some(url) = &self.inner.config.version_url else {
+            return json!({"version": "unknown", "error": "FRONTEND_VERSION_URL is not configured"});
+        };
+        let result = async {
+            let resp = self.inner.client.get(url).send().await?.error_for_status()?;
+            resp.json::<Value>().await
+        }
+        .await;
+        result.unwrap_or_else(|e| json!({"version": "unknown", "error": e.to_string()}))
+    }
+
+    /// Broadcasts `{"version","changelog"?}` to every stream and remembers it
+    /// for `request_id`; false (nothing done) while shutting down.
+    pub async fn push(&self, request_id: &str, version: &str, changelog: Option<&str>) -> bool {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut payload = json!({"version": version});
+        if let Some(c) = changelog.filter(|c| !c.is_empty()) {
+            payload["changelog"] = json!(c);
+        }
+        self.pending().insert(request_id.to_owned(), payload.clone());
+        self.inner.manager.broadcast(&Event::json("version", &payload), None, "version").await;
+        true
+    }
+
+    /// PREPARE_SHUTDOWN: ignore pushes from now on.
+    pub fn prepare_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// SHUTDOWN: forget pending versions.
+    pub fn shutdown(&self) {
+        self.pending().clear();
+    }
+
+    /// `POST /internal/deployments/version` `{"request_id","version","changelog"?}`
+    /// with `Authorization: Bearer <secret>` -> 202
+    /// `{"request_id","delivered","status":"delivered"|"queued"}`.
+    pub fn router(&self, secret: String) -> axum::Router {
+        axum::Router::new()
+            .route("/internal/deployments/version", axum::routing::post(push_route))
+            .with_state((self.clone(), Arc::new(secret)))
+    }
+}
+
+/// Body of a version push.
+#[derive(Debug, Deserialize)]
+pub struct PushBody {
+    /// Stored as pending for this id.
+    pub request_id: String,
+    /// The new version.
+    pub version: String,
+    /// Optional changelog.
+    pub changelog: Option<String>,
+}
+
+/// Whether `headers` carry `Authorization: Bearer <secret>` (empty secret: never).
+pub fn bearer_matches(headers: &HeaderMap, secret: &str) -> bool {
+    !secret.is_empty()
+        && headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .is_some_and(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && token.trim() == secret)
+}
+
+async fn push_route(
+    State((svc, secret)): State<(VersionService, Arc<String>)>,
+    headers: HeaderMap,
+    body: Result<Json<PushBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !bearer_matches(&headers, &secret) {
+        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "Unauthorized"}))).into_response();
+    }
+    let Ok(Json(body)) = body else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "Invalid payload"}))).into_response();
+    };
+    let delivered = svc.push(&body.request_id, &body.version, body.changelog.as_deref()).await;
+    let status = if delivered { "delivered" } else { "queued" };
+    (StatusCode::ACCEPTED, Json(json!({"request_id": body.request_id, "delivered": delivered, "status": status})))
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Recorder;
+
+    #[tokio::test]
+    async fn version_pending_version_is_sent_on_connect_else_unknown_with_error() {
+        let (rec, cm) = Recorder::manager();
+        let svc = VersionService::new(VersionConfig::default(), cm.clone());
+        cm.on_connect("r1", "t1", "/", None).await;
+        let ev = rec.events();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].0, "t1");
+        assert_eq!(ev[0].1.name, "version");
+        let v: Value = serde_json::from_str(&ev[0].1.data).unwrap();
+        assert_eq!(v["version"], "unknown");
+        assert!(v["error"].is_string());
+        rec.clear();
+        assert!(svc.push("r2", "abc123", Some("fixes")).await);
+        assert_eq!(rec.targets(), vec!["t1"], "a push broadcasts to every stream");
+        rec.clear();
+        cm.on_connect("r2", "t2", "/", None).await;
+        assert_eq!(rec.events()[0].1.data, r#"{"changelog":"fixes","version":"abc123"}"#);
+    }
+
+    #[tokio::test]
+    async fn version_push_is_ignored_during_shutdown_and_shutdown_clears_pending() {
+        let (rec, cm) = Recorder::manager();
+        let svc = VersionService::new(VersionConfig::default(), cm.clone());
+        assert!(svc.push("r1", "v1", None).await);
+        svc.prepare_shutdown();
+        assert!(!svc.push("r1", "v2", None).await);
+        svc.shutdown();
+        assert!(svc.pending().is_empty());
+        assert!(rec.calls().is_empty(), "no connections: nothing sent");
+    }
+
+    #[test]
+    fn bearer_secret_must_match_and_empty_secret_refuses() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer k".parse().unwrap());
+        assert!(bearer_matches(&h, "k"));
+        assert!(!bearer_matches(&h, "other"));
+        assert!(!bearer_matches(&h, ""));
+        assert!(!bearer_matches(&HeaderMap::new(), "k"));
+    }
+}
