@@ -26,7 +26,7 @@ use tracing::debug;
 use crate::Shared;
 use crate::command::{PublishCommand, SendCommand};
 use crate::connect::{self, Decision};
-use crate::connection::{Listener, Rewind, is_stream_path};
+use crate::connection::{Listener, Rewind};
 use crate::deliver::{self, DeliveryError};
 use crate::error::ApiError;
 use crate::hook::ClientRequest;
@@ -35,12 +35,19 @@ use crate::stream::{ResponseBody, SseBody};
 type Resp = Response<ResponseBody>;
 
 /// Serves a connection with hyper; `prefix` holds the bytes already read.
-pub(crate) async fn serve_hyper(shared: Arc<Shared>, tcp: TcpStream, prefix: Bytes, listener: Listener) {
+pub(crate) async fn serve_hyper(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    prefix: Bytes,
+    listener: Listener,
+) {
     // Cuts the connection when one of its streams overflows, or at the shutdown deadline.
     let abort = shared.cut.child_token();
     let svc_shared = Arc::clone(&shared);
     let svc_abort = abort.clone();
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(peer);
         let shared = Arc::clone(&svc_shared);
         let abort = svc_abort.clone();
         async move { Ok::<_, Infallible>(handle(shared, abort, listener, req).await) }
@@ -75,6 +82,9 @@ pub(crate) async fn serve_hyper(shared: Arc<Shared>, tcp: TcpStream, prefix: Byt
 
 async fn handle(shared: Arc<Shared>, abort: CancellationToken, listener: Listener, req: Request<Incoming>) -> Resp {
     let mut resp = route(shared, abort, listener, req).await;
+    if matches!(resp.body(), ResponseBody::App(_)) {
+        return resp;
+    }
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
@@ -105,10 +115,14 @@ async fn route(shared: Arc<Shared>, abort: CancellationToken, listener: Listener
                 error(&e)
             }
         },
-        p if !is_stream_path(p) => {
+        p if get && listener == Listener::Public && shared.is_stream_path(p) => stream(shared, abort, req).await,
+        _ if listener == Listener::Public && shared.app.get().is_some() => match shared.app.get() {
+            Some((_, app)) => app(req).await.map(ResponseBody::App),
+            None => status_only(StatusCode::NOT_FOUND),
+        },
+        p if crate::connection::is_gateway_route(p) || shared.app.get().is_some() => {
             error(&ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("No route for {method} {p}")))
         }
-        _ if get && listener == Listener::Public => stream(shared, abort, req).await,
         p if listener == Listener::Internal => error(&ApiError::new(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",

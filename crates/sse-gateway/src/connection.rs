@@ -8,6 +8,7 @@
 //! request on a kept-alive connection) is hyper's.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -37,7 +38,7 @@ pub(crate) enum Listener {
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one connection to its end.
-pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, listener: Listener) {
+pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, listener: Listener) {
     let mut buf = Vec::with_capacity(1024);
     let first =
         match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp, &mut buf, shared.config.max_header_bytes)).await {
@@ -56,12 +57,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, listener: Lis
             }
             Ok(Head::Complete(head)) => head,
         };
-    if listener == Listener::Public && first.is_raw_stream() {
+    if listener == Listener::Public && first.is_raw_stream(&shared) {
         drop(buf);
         let request = first.request;
         Box::pin(raw(shared, tcp, request)).await;
     } else {
-        Box::pin(crate::api::serve_hyper(shared, tcp, Bytes::from(buf), listener)).await;
+        Box::pin(crate::api::serve_hyper(shared, tcp, peer, Bytes::from(buf), listener)).await;
     }
 }
 
@@ -125,15 +126,16 @@ struct FirstRequest {
 }
 
 impl FirstRequest {
-    fn is_raw_stream(&self) -> bool {
-        self.method_get && self.http11 && !self.has_body && is_stream_path(&self.request.url)
+    fn is_raw_stream(&self, shared: &Shared) -> bool {
+        self.method_get && self.http11 && !self.has_body && shared.is_stream_path(&self.request.url)
     }
 }
 
-/// True for every path that opens a stream (all but the gateway's own routes).
-pub(crate) fn is_stream_path(url: &str) -> bool {
+/// True for the gateway's own routes (health, metrics, the internal API).
+pub(crate) fn is_gateway_route(url: &str) -> bool {
     let path = url.split('?').next().unwrap_or("");
-    !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/internal") && !path.starts_with("/internal/")
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/internal" | "/internal/send" | "/internal/publish")
+        || path.starts_with("/internal/")
 }
 
 enum Head {

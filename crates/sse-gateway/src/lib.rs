@@ -55,7 +55,30 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Parent of every hyper connection's abort token; fired at the shutdown deadline.
     pub(crate) cut: CancellationToken,
+    /// An embedding application: the one stream path, and who serves the rest.
+    pub(crate) app: std::sync::OnceLock<(String, AppService)>,
 }
+
+impl Shared {
+    /// True when a request for `url` opens a stream: the embedding app's
+    /// stream path if there is one, else every path but the gateway's own.
+    pub(crate) fn is_stream_path(&self, url: &str) -> bool {
+        match self.app.get() {
+            Some((path, _)) => url.split('?').next() == Some(path.as_str()),
+            None => !connection::is_gateway_route(url),
+        }
+    }
+}
+
+/// The response body type of an embedding application.
+pub type AppBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// An embedding application: serves every request that is neither a gateway
+/// route nor the stream path. The client's address is in the request's
+/// extensions as a `std::net::SocketAddr`.
+pub type AppService = Arc<
+    dyn Fn(http::Request<hyper::body::Incoming>) -> hook::HookFuture<'static, http::Response<AppBody>> + Send + Sync,
+>;
 
 /// A `retry:` hint with a random value in `min_ms..max_ms`, so clients told to
 /// come back later do not all come back at once.
@@ -128,8 +151,19 @@ impl Gateway {
                 tracker: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 cut: CancellationToken::new(),
+                app: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Embeds the gateway in an application: streams open only on exactly
+    /// `stream_path` (query ignored, e.g. `/api/sse/stream`); every request
+    /// that is not a gateway route (`/healthz`, `/readyz`, `/metrics`,
+    /// `/internal/send`, `/internal/publish`) goes to `app`. Call before `serve`;
+    /// a second call is ignored.
+    pub fn with_app(self, stream_path: &str, app: AppService) -> Self {
+        let _ = self.shared.app.set((stream_path.to_owned(), app));
+        self
     }
 
     /// In-process access to the event path.

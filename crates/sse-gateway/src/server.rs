@@ -35,9 +35,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, kind: Listener,
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
+                Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    connections.spawn(connection::serve(Arc::clone(&shared), tcp, kind));
+                    connections.spawn(connection::serve(Arc::clone(&shared), tcp, peer, kind));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off briefly instead of spinning.

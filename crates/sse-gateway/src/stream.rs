@@ -268,6 +268,8 @@ impl http_body::Body for SseBody {
 
 /// Every response body the hyper-served surface produces.
 pub enum ResponseBody {
+    /// An embedding application's answer.
+    App(crate::AppBody),
     /// A complete body with a known length (JSON answers).
     Full(Option<Bytes>),
     /// A complete body sent chunked, like a stream that ends at once (in-stream answers).
@@ -276,24 +278,32 @@ pub enum ResponseBody {
     Stream(SseBody),
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ResponseBody::Full(b) | ResponseBody::Chunked(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Stream(s) => Pin::new(s).poll_frame(cx),
+            ResponseBody::Stream(s) => Pin::new(s).poll_frame(cx).map(|f| f.map(|r| r.map_err(|e| match e {}))),
+            ResponseBody::App(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, ResponseBody::Full(None) | ResponseBody::Chunked(None))
+        match self {
+            ResponseBody::Full(None) | ResponseBody::Chunked(None) => true,
+            ResponseBody::App(b) => b.is_end_stream(),
+            _ => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::App(b) => b.size_hint(),
             _ => SizeHint::default(),
         }
     }
