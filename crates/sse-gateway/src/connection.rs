@@ -238,12 +238,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gateway_routes_are_not_stream_paths() {
+    fn gateway_routes_are_recognised() {
         for p in ["/healthz", "/readyz?x", "/metrics", "/internal", "/internal/send", "/internal/x?y"] {
-            assert!(!is_stream_path(p), "{p}");
+            assert!(is_gateway_route(p), "{p}");
         }
         for p in ["/", "/api/sse/stream?request_id=1", "/healthzz", "/internalx"] {
-            assert!(is_stream_path(p), "{p}");
+            assert!(!is_gateway_route(p), "{p}");
         }
     }
 }
