@@ -34,6 +34,9 @@ use crate::stream::{ResponseBody, SseBody};
 
 type Resp = Response<ResponseBody>;
 
+/// Oversized bodies up to this size are read and discarded before the 413.
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+
 /// Serves a connection with hyper; `prefix` holds the bytes already read.
 pub(crate) async fn serve_hyper(
     shared: Arc<Shared>,
@@ -214,22 +217,27 @@ fn sse(body: ResponseBody) -> Resp {
 fn readiness(shared: &Shared) -> Resp {
     let configured = shared.hook.is_some();
     let draining = shared.router.is_draining();
-    if configured && !draining {
-        return json(
-            StatusCode::OK,
-            serde_json::json!({"status": "ready", "configured": true, "rabbitmq": "disabled"}),
-        );
+    let rabbitmq = match &shared.amqp {
+        None => "disabled",
+        Some(a) if a.is_connected() => "connected",
+        Some(_) => "disconnected",
+    };
+    if configured && !draining && rabbitmq != "disconnected" {
+        return json(StatusCode::OK, serde_json::json!({"status": "ready", "configured": true, "rabbitmq": rabbitmq}));
     }
     let mut reasons = Vec::new();
     if !configured {
         reasons.push("CALLBACK_URL is not configured");
+    }
+    if rabbitmq == "disconnected" {
+        reasons.push("RabbitMQ is disconnected");
     }
     if draining {
         reasons.push("shutting down");
     }
     json(
         StatusCode::SERVICE_UNAVAILABLE,
-        serde_json::json!({"status": "not_ready", "configured": configured, "rabbitmq": "disabled", "reasons": reasons}),
+        serde_json::json!({"status": "not_ready", "configured": configured, "rabbitmq": rabbitmq, "reasons": reasons}),
     )
 }
 
@@ -265,6 +273,13 @@ async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, Api
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        // Read (and discard) a moderately oversized body before answering, so
+        // the client is not reset mid-upload and actually sees the 413.
+        if declared.is_some_and(|n| n <= DRAIN_LIMIT) {
+            let mut body = req.into_body();
+            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+        }
         return Err(too_large());
     }
     let body = Limited::new(req.into_body(), limit).collect().await.map_err(|e| {

@@ -42,6 +42,26 @@ pub struct Config {
     pub max_connections: usize,
     /// Largest request head (request line + headers) accepted.
     pub max_header_bytes: usize,
+    /// How long events for `connection.<request_id>` are held after its
+    /// stream ended unexpectedly, for a client that comes back (0: off).
+    pub resume_ttl: Duration,
+    /// AMQP ingress (scale-out); `None`: HTTP mode.
+    pub amqp: Option<AmqpConfig>,
+}
+
+/// The AMQP ingress settings (SSEGateway names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmqpConfig {
+    /// `RABBITMQ_URL`.
+    pub url: String,
+    /// `RABBITMQ_QUEUE_TTL_MS`: also the default resume TTL in AMQP mode.
+    pub queue_ttl: Duration,
+    /// Exchange name: `<RABBITMQ_ENV_PREFIX>.sse.events`, or `sse.events`.
+    pub exchange: String,
+    /// `RABBITMQ_ENV_AUTO_DELETE`: exchange auto-delete and non-durable.
+    pub auto_delete: bool,
+    /// This instance's queue name (one queue per gateway instance).
+    pub queue: String,
 }
 
 impl Default for Config {
@@ -59,6 +79,8 @@ impl Default for Config {
             internal_api_secret: None,
             max_connections: 50_000,
             max_header_bytes: 16 * 1024,
+            resume_ttl: Duration::ZERO,
+            amqp: None,
         }
     }
 }
@@ -92,9 +114,9 @@ pub enum ConfigError {
     /// A default binding is not a valid routing key.
     #[error("invalid DEFAULT_BINDINGS entry {0:?}: keys are 1-255 bytes without whitespace or control characters")]
     Binding(String),
-    /// AMQP mode is configured but this build does not implement it yet.
-    #[error("RABBITMQ_URL is set, but this build of sse-gateway supports HTTP mode only; unset it")]
-    AmqpUnsupported,
+    /// `RABBITMQ_URL` is not an AMQP URL.
+    #[error("invalid RABBITMQ_URL: expected amqp://user:pass@host:port/vhost")]
+    AmqpUrl,
 }
 
 /// Command-line flags; each mirrors an environment variable and wins over it.
@@ -143,9 +165,24 @@ pub struct Cli {
     /// Largest request head in bytes [env: MAX_HEADER_BYTES] [default: 16384]
     #[arg(long)]
     pub max_header_bytes: Option<String>,
-    /// AMQP URL; not supported by this build [env: RABBITMQ_URL]
+    /// AMQP URL; enables the RabbitMQ ingress (scale-out) [env: RABBITMQ_URL]
     #[arg(long)]
     pub rabbitmq_url: Option<String>,
+    /// Expiry of held events for a reconnecting request_id, ms [env: RABBITMQ_QUEUE_TTL_MS] [default: 300000]
+    #[arg(long)]
+    pub rabbitmq_queue_ttl_ms: Option<String>,
+    /// Exchange name prefix: <prefix>.sse.events [env: RABBITMQ_ENV_PREFIX]
+    #[arg(long)]
+    pub rabbitmq_env_prefix: Option<String>,
+    /// true: exchange auto-delete and non-durable (test environments) [env: RABBITMQ_ENV_AUTO_DELETE]
+    #[arg(long)]
+    pub rabbitmq_env_auto_delete: Option<String>,
+    /// Name of this instance, used in its queue name [env: RABBITMQ_INSTANCE_ID] [default: host name + random suffix]
+    #[arg(long)]
+    pub rabbitmq_instance_id: Option<String>,
+    /// Hold events for connection.<request_id> this long after its stream ended unexpectedly, ms; 0 = off [env: RESUME_TTL_MS] [default: 0, or RABBITMQ_QUEUE_TTL_MS with RabbitMQ]
+    #[arg(long)]
+    pub resume_ttl_ms: Option<String>,
 }
 
 impl Config {
@@ -228,8 +265,32 @@ impl Config {
         if let Some(n) = number(&cli.max_header_bytes, "MAX_HEADER_BYTES")? {
             cfg.max_header_bytes = usize::try_from(n).unwrap_or(usize::MAX).max(1024);
         }
-        if get(&cli.rabbitmq_url, "RABBITMQ_URL").is_some() {
-            return Err(ConfigError::AmqpUnsupported);
+        if let Some(url) = get(&cli.rabbitmq_url, "RABBITMQ_URL") {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return Err(ConfigError::AmqpUrl);
+            }
+            let ttl_ms = number(&cli.rabbitmq_queue_ttl_ms, "RABBITMQ_QUEUE_TTL_MS")?.unwrap_or(300_000);
+            let prefix = get(&cli.rabbitmq_env_prefix, "RABBITMQ_ENV_PREFIX").unwrap_or_default();
+            let exchange = if prefix.is_empty() { "sse.events".to_owned() } else { format!("{prefix}.sse.events") };
+            let auto_delete = get(&cli.rabbitmq_env_auto_delete, "RABBITMQ_ENV_AUTO_DELETE")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+            let instance = get(&cli.rabbitmq_instance_id, "RABBITMQ_INSTANCE_ID").unwrap_or_else(|| {
+                let host = env("HOSTNAME").unwrap_or_else(|| "gateway".into());
+                let suffix = uuid::Uuid::new_v4().simple().to_string();
+                format!("{host}-{}", &suffix[..8])
+            });
+            cfg.resume_ttl = Duration::from_millis(ttl_ms);
+            cfg.amqp = Some(AmqpConfig {
+                url,
+                queue_ttl: Duration::from_millis(ttl_ms),
+                queue: format!("{exchange}.gw.{instance}"),
+                exchange,
+                auto_delete,
+            });
+        }
+        if let Some(ms) = get(&cli.resume_ttl_ms, "RESUME_TTL_MS") {
+            let ms: u64 = ms.trim().parse().map_err(|_| ConfigError::Number { name: "RESUME_TTL_MS", value: ms })?;
+            cfg.resume_ttl = Duration::from_millis(ms);
         }
         Ok((cfg, warnings))
     }
@@ -299,7 +360,24 @@ mod tests {
     }
 
     #[test]
-    fn rabbitmq_url_is_refused_until_supported() {
-        assert_eq!(load(&[("RABBITMQ_URL", "amqp://x")], Cli::default()).unwrap_err(), ConfigError::AmqpUnsupported);
+    fn rabbitmq_settings_follow_the_sseg_gateway_names() {
+        let (cfg, _) = load(
+            &[
+                ("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+                ("RABBITMQ_ENV_PREFIX", "test"),
+                ("RABBITMQ_ENV_AUTO_DELETE", "true"),
+                ("RABBITMQ_INSTANCE_ID", "gw1"),
+            ],
+            Cli::default(),
+        )
+        .unwrap();
+        let amqp = cfg.amqp.unwrap();
+        assert_eq!(amqp.exchange, "test.sse.events");
+        assert_eq!(amqp.queue, "test.sse.events.gw.gw1");
+        assert!(amqp.auto_delete);
+        assert_eq!(cfg.resume_ttl, Duration::from_secs(300));
+        let (cfg, _) = load(&[("RABBITMQ_URL", "amqp://x")], Cli::default()).unwrap();
+        assert_eq!(cfg.amqp.unwrap().exchange, "sse.events");
+        assert_eq!(load(&[("RABBITMQ_URL", "http://x")], Cli::default()).unwrap_err(), ConfigError::AmqpUrl);
     }
 }

@@ -47,6 +47,10 @@ pub(crate) fn start(
             "CALLBACK_URL is not configured",
         )));
     };
+    if shared.amqp.as_ref().is_some_and(|a| !a.is_connected()) {
+        shared.metrics.stream_refused("broker_unavailable");
+        return Err(Decision::InStream(crate::retry_hint(2_000, 10_000)));
+    }
     let token = Uuid::new_v4();
     match shared.router.register_pending(token) {
         Ok(()) => {}
@@ -74,7 +78,7 @@ pub(crate) fn start(
                     spawn_disconnect(&task_shared, hook, token, DisconnectReason::ClientClosed, request);
                     return;
                 }
-                open(&task_shared, hook, token, request, accepted, abort)
+                open(&task_shared, hook, token, request, accepted, abort).await
             }
             Err(refusal) => {
                 task_shared.router.remove(token);
@@ -88,7 +92,7 @@ pub(crate) fn start(
     Ok(rx)
 }
 
-fn open(
+async fn open(
     shared: &Arc<Shared>,
     hook: Arc<dyn ConnectHook>,
     token: Uuid,
@@ -97,10 +101,26 @@ fn open(
     abort: Option<CancellationToken>,
 ) -> Decision {
     let keys = bindings(&shared.config.default_bindings, &accepted, &request.url);
+    let request_id = accepted.request_id.clone().or_else(|| query_param(&request.url, "request_id"));
+    // With a broker, the keys must be bound before `ready`; if that fails the
+    // stream opens, gets what was buffered, and ends with `error`.
+    let mut ready = Some(Bytes::from_static(sse_wire::encode::READY));
+    if let Some(amqp) = &shared.amqp
+        && let Err(e) = amqp.acquire(&keys).await
+    {
+        warn!(%token, error = %e, "routing setup failed; closing the stream");
+        ready = None;
+    }
+    let acquired = ready.is_some() && shared.amqp.is_some();
     let queue = StreamQueue::new(token, request, shared.config.stream_queue_bytes, abort);
-    let opened = shared
-        .router
-        .open(&queue, keys, Bytes::from_static(sse_wire::encode::READY), || crate::retry_hint(1_000, 5_000));
+    let (opened, taken_hold) =
+        shared.router.open(&queue, keys.clone(), request_id.as_deref(), ready, || crate::retry_hint(1_000, 5_000));
+    let mut release: Vec<Box<str>> = taken_hold.into_iter().collect();
+    if opened != Opened::Live && acquired {
+        // The stream was never indexed, so its end will not give these back.
+        release.extend(keys.iter().map(|k| Box::from(k.as_str())));
+    }
+    release_keys(shared, release);
     if opened == Opened::Gone {
         spawn_disconnect(shared, hook, token, DisconnectReason::ServerClosed, Arc::clone(queue.request()));
         return Decision::Error(ApiError::new(
@@ -208,11 +228,22 @@ fn percent_decode(s: &str) -> String {
 fn end_hook(shared: &Arc<Shared>, hook: Arc<dyn ConnectHook>) -> EndHook {
     let shared = Arc::clone(shared);
     Box::new(move |queue: &Arc<StreamQueue>, reason| {
-        shared.router.remove_stream(queue);
+        let released = shared.router.end_stream(queue, reason);
+        release_keys(&shared, released);
         shared.metrics.stream_ended(reason);
         info!(token = %queue.token(), reason = reason.as_str(), "stream ended");
         spawn_disconnect(&shared, hook, queue.token(), reason, Arc::clone(queue.request()));
     })
+}
+
+/// Gives routing keys back to the broker binder (no-op in HTTP mode).
+pub(crate) fn release_keys(shared: &Arc<Shared>, keys: Vec<Box<str>>) {
+    let Some(amqp) = shared.amqp.clone() else { return };
+    if keys.is_empty() {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    shared.tracker.spawn_on(async move { amqp.release(keys).await }, &rt);
 }
 
 fn spawn_disconnect(

@@ -79,6 +79,9 @@ pub(crate) fn publish(shared: &Shared, ingress: &'static str, key: &str, frame: 
     if result.overflowed > 0 {
         shared.metrics.queue_overflow(result.overflowed);
     }
+    if result.held + result.hold_dropped > 0 {
+        shared.metrics.held(result.held, result.hold_dropped);
+    }
     result.matched
 }
 

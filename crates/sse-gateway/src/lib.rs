@@ -16,6 +16,7 @@
 //! Architecture invariant: this crate knows nothing about tasks, leases or
 //! devices; it moves opaque events to streams.
 
+pub mod amqp;
 mod api;
 pub mod command;
 pub mod config;
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Parent of every hyper connection's abort token; fired at the shutdown deadline.
     pub(crate) cut: CancellationToken,
+    /// The RabbitMQ ingress, when configured.
+    pub(crate) amqp: Option<Arc<amqp::Amqp>>,
     /// An embedding application: the one stream path, and who serves the rest.
     pub(crate) app: std::sync::OnceLock<(String, AppService)>,
 }
@@ -141,7 +144,8 @@ impl Gateway {
     /// A gateway with the given configuration and connect hook (`None`: not
     /// configured, every SSE request is answered 503 as SSEGateway does).
     pub fn new(config: Config, hook: Option<Arc<dyn ConnectHook>>) -> Self {
-        let router = Router::new(config.stream_queue_bytes, config.max_connections);
+        let router = Router::new(config.stream_queue_bytes, config.max_connections, config.resume_ttl);
+        let amqp = config.amqp.clone().map(amqp::Amqp::new);
         Self {
             shared: Arc::new(Shared {
                 config,
@@ -152,6 +156,7 @@ impl Gateway {
                 shutdown: CancellationToken::new(),
                 cut: CancellationToken::new(),
                 app: std::sync::OnceLock::new(),
+                amqp,
             }),
         }
     }

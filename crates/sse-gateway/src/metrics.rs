@@ -38,6 +38,11 @@ pub struct Metrics {
     published: Family<Labels1, Counter>,
     delivered: Counter,
     bytes_written: Counter,
+    broker_up: Gauge,
+    broker_connects: Counter,
+    broker_messages: Family<Labels1, Counter>,
+    held: Counter,
+    hold_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -56,6 +61,11 @@ impl Default for Metrics {
             published: Family::default(),
             delivered: Counter::default(),
             bytes_written: Counter::default(),
+            broker_up: Gauge::default(),
+            broker_connects: Counter::default(),
+            broker_messages: Family::default(),
+            held: Counter::default(),
+            hold_dropped: Counter::default(),
         };
         let mut registry = Registry::default();
         registry.register("sse_gateway_active_connections", "Open SSE streams", m.active.clone());
@@ -94,6 +104,27 @@ impl Default for Metrics {
         );
         registry.register("sse_gateway_events_delivered", "Events queued to open streams", m.delivered.clone());
         registry.register("sse_gateway_bytes_written", "Bytes written to client streams", m.bytes_written.clone());
+        registry.register("sse_gateway_rabbitmq_connected", "1 while connected to RabbitMQ", m.broker_up.clone());
+        registry.register(
+            "sse_gateway_rabbitmq_connections",
+            "Successful RabbitMQ (re)connections",
+            m.broker_connects.clone(),
+        );
+        registry.register(
+            "sse_gateway_rabbitmq_messages",
+            "AMQP messages by outcome (delivered, rejected)",
+            m.broker_messages.clone(),
+        );
+        registry.register(
+            "sse_gateway_events_held",
+            "Events kept for a request_id whose client is expected back",
+            m.held.clone(),
+        );
+        registry.register(
+            "sse_gateway_holds_dropped",
+            "Holds dropped because they outgrew the stream queue bound (their events are lost)",
+            m.hold_dropped.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -149,6 +180,25 @@ impl Metrics {
     pub fn events_published(&self, ingress: &'static str, streams: usize) {
         self.published.get_or_create(&[("ingress", ingress)]).inc();
         self.delivered.inc_by(streams as u64);
+    }
+
+    /// The broker connection went up or down.
+    pub fn broker_connected(&self, up: bool) {
+        self.broker_up.set(i64::from(up));
+        if up {
+            self.broker_connects.inc();
+        }
+    }
+
+    /// An AMQP message was handled.
+    pub fn broker_message(&self, outcome: &'static str) {
+        self.broker_messages.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    /// A publish was held for a returning client (or its hold dropped).
+    pub fn held(&self, held: usize, dropped: usize) {
+        self.held.inc_by(held as u64);
+        self.hold_dropped.inc_by(dropped as u64);
     }
 
     /// Bytes went out on a client socket.

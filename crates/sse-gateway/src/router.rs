@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use uuid::Uuid;
@@ -37,6 +38,17 @@ struct Pending {
 struct Open {
     queue: Arc<StreamQueue>,
     keys: Box<[Box<str>]>,
+    request_id: Option<Box<str>>,
+}
+
+/// Events published to `connection.<request_id>` after its stream went away,
+/// kept for the resume TTL so a client that comes back gets them first.
+#[derive(Debug)]
+struct Hold {
+    key: Box<str>,
+    frames: Vec<Bytes>,
+    bytes: usize,
+    expires: Instant,
 }
 
 #[derive(Debug)]
@@ -49,6 +61,9 @@ enum Slot {
 struct State {
     slots: HashMap<Uuid, Slot>,
     keys: HashMap<Box<str>, HashMap<Uuid, Arc<StreamQueue>>>,
+    /// request_id -> held events; `held_keys` maps the hold's key back to it.
+    holds: HashMap<Box<str>, Hold>,
+    held_keys: HashMap<Box<str>, Box<str>>,
     draining: bool,
 }
 
@@ -97,7 +112,14 @@ pub struct Published {
     pub matched: usize,
     /// Of those, streams whose queue overflowed and which are now closed.
     pub overflowed: usize,
+    /// 1 when the event was kept for a client expected back (resume), else 0.
+    pub held: usize,
+    /// 1 when a hold overflowed and was dropped (its events are lost), else 0.
+    pub hold_dropped: usize,
 }
+
+/// Routing keys a removed stream (or an expired hold) no longer needs.
+pub type Released = Vec<Box<str>>;
 
 /// How a newly opened stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,13 +147,16 @@ pub struct Router {
     state: RwLock<State>,
     queue_limit: usize,
     max_streams: usize,
+    resume_ttl: Duration,
 }
 
 impl Router {
     /// A router for at most `max_streams` streams whose pending buffers hold
-    /// at most `queue_limit` bytes each.
-    pub fn new(queue_limit: usize, max_streams: usize) -> Self {
-        Self { state: RwLock::default(), queue_limit, max_streams }
+    /// at most `queue_limit` bytes each. With a non-zero `resume_ttl`, events
+    /// for `connection.<request_id>` are held that long after the stream of
+    /// that request_id went away unexpectedly.
+    pub fn new(queue_limit: usize, max_streams: usize, resume_ttl: Duration) -> Self {
+        Self { state: RwLock::default(), queue_limit, max_streams, resume_ttl }
     }
 
     // Every mutation is a few map operations that cannot panic midway, so a
@@ -178,17 +203,16 @@ impl Router {
             }
             Some(Slot::Open(open)) => Arc::clone(&open.queue),
         };
-        if close {
-            st.remove(token);
-        }
         drop(st);
+        match queue.closing() {
+            None => {}
+            Some(DisconnectReason::Error) => return SendOutcome::WriteFailed,
+            Some(_) => return SendOutcome::NotFound,
+        }
         if let Some(f) = frame {
             match queue.push(f) {
                 Ok(()) => {}
-                Err(PushError::Overflow) => {
-                    self.remove_stream(&queue);
-                    return SendOutcome::Overflow;
-                }
+                Err(PushError::Overflow) => return SendOutcome::Overflow,
                 Err(PushError::Closed(DisconnectReason::Error)) => return SendOutcome::WriteFailed,
                 Err(PushError::Closed(_)) => return SendOutcome::NotFound,
             }
@@ -199,49 +223,93 @@ impl Router {
         SendOutcome::Delivered
     }
 
-    /// Pushes one shared frame to every stream bound to `key`, then closes them if asked.
+    /// Pushes one shared frame to every stream bound to `key`, then closes them
+    /// if asked. Streams already closing are skipped and not counted. Ended
+    /// streams leave the index through [`Router::end_stream`] only, so their
+    /// keys are always released in one place.
     pub fn publish(&self, key: &str, frame: Option<&Bytes>, close: bool) -> Published {
         let mut result = Published::default();
-        let mut failed: Vec<Arc<StreamQueue>> = Vec::new();
-        {
-            let st = self.read();
-            let Some(streams) = st.keys.get(key) else { return result };
-            result.matched = streams.len();
-            for queue in streams.values() {
-                if let Some(f) = frame
-                    && queue.push(f.clone()) == Err(PushError::Overflow)
-                {
-                    result.overflowed += 1;
-                    failed.push(Arc::clone(queue));
-                    continue;
-                }
-                if close {
-                    queue.close(None, DisconnectReason::ServerClosed);
-                    failed.push(Arc::clone(queue));
-                }
-            }
+        let st = self.read();
+        if st.held_keys.contains_key(key) {
+            drop(st);
+            self.hold(key, frame, &mut result);
+            return result;
         }
-        if !failed.is_empty() {
-            let mut st = self.write();
-            for q in &failed {
-                st.remove(q.token());
+        let Some(streams) = st.keys.get(key) else { return result };
+        for queue in streams.values() {
+            if let Some(f) = frame {
+                match queue.push(f.clone()) {
+                    Ok(()) => {}
+                    Err(PushError::Overflow) => {
+                        result.matched += 1;
+                        result.overflowed += 1;
+                        continue;
+                    }
+                    Err(PushError::Closed(_)) => continue,
+                }
             }
+            if close && !queue.close(None, DisconnectReason::ServerClosed) && frame.is_none() {
+                continue;
+            }
+            result.matched += 1;
         }
         result
     }
 
+    fn hold(&self, key: &str, frame: Option<&Bytes>, result: &mut Published) {
+        let Some(frame) = frame else { return };
+        let mut st = self.write();
+        let Some(rid) = st.held_keys.get(key).cloned() else { return };
+        let Some(hold) = st.holds.get_mut(&rid) else { return };
+        if hold.bytes + frame.len() > self.queue_limit {
+            st.holds.remove(&rid);
+            st.held_keys.remove(key);
+            result.hold_dropped = 1;
+            return;
+        }
+        hold.bytes += frame.len();
+        hold.frames.push(frame.clone());
+        result.held = 1;
+    }
+
     /// Turns a pending token into an open stream bound to `keys`, moving the
-    /// buffered frames into `queue` followed by `ready` (or by the end, if a
-    /// `close` was buffered or the gateway is draining, in which case
-    /// `drain_hint` is written last).
+    /// buffered frames into `queue`, then any events held for `request_id`,
+    /// followed by `ready`. With `ready: None` (its routing could not be set
+    /// up) the stream ends with `error` after the buffered events. A buffered
+    /// `close` ends it after them (`server_closed`), and so does a drain, in
+    /// which case `drain_hint` is written last.
+    ///
+    /// Returns how it opened and the key of a hold it took over (whose
+    /// reference the caller releases once the new stream's keys are bound).
     pub fn open(
         &self,
         queue: &Arc<StreamQueue>,
         keys: Vec<String>,
-        ready: Bytes,
+        request_id: Option<&str>,
+        ready: Option<Bytes>,
         drain_hint: impl FnOnce() -> Bytes,
-    ) -> Opened {
+    ) -> (Opened, Option<Box<str>>) {
         let mut st = self.write();
+        let mut taken = None;
+        if let Some(hold) = request_id.and_then(|r| st.holds.remove(r)) {
+            st.held_keys.remove(&hold.key);
+            taken = Some(hold);
+        }
+        let taken_key = taken.as_ref().map(|h| h.key.clone());
+        (self.open_locked(&mut st, queue, keys, request_id, ready, drain_hint, taken), taken_key)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_locked(
+        &self,
+        st: &mut State,
+        queue: &Arc<StreamQueue>,
+        keys: Vec<String>,
+        request_id: Option<&str>,
+        ready: Option<Bytes>,
+        drain_hint: impl FnOnce() -> Bytes,
+        held: Option<Hold>,
+    ) -> Opened {
         let draining = st.draining;
         let token = queue.token();
         let pending = match st.slots.remove(&token) {
@@ -260,6 +328,15 @@ impl Router {
             queue.close(None, DisconnectReason::ServerClosed);
             return Opened::Closing;
         }
+        let Some(ready) = ready else {
+            queue.close(None, DisconnectReason::Error);
+            return Opened::Closing;
+        };
+        for f in held.into_iter().flat_map(|h| h.frames) {
+            // A hold and a pending buffer share one bound each; together they can
+            // exceed the queue's, in which case the stream closes as a slow consumer.
+            let _ = queue.push(f);
+        }
         if draining {
             queue.close(Some(drain_hint()), DisconnectReason::ServerClosed);
             return Opened::Closing;
@@ -274,7 +351,14 @@ impl Router {
             st.keys.entry(key.clone()).or_default().insert(token, Arc::clone(queue));
             bound.push(key);
         }
-        st.slots.insert(token, Slot::Open(Open { queue: Arc::clone(queue), keys: bound.into_boxed_slice() }));
+        st.slots.insert(
+            token,
+            Slot::Open(Open {
+                queue: Arc::clone(queue),
+                keys: bound.into_boxed_slice(),
+                request_id: request_id.map(Box::from),
+            }),
+        );
         Opened::Live
     }
 
@@ -283,12 +367,56 @@ impl Router {
         self.write().remove(token);
     }
 
-    /// Forgets an open stream if the token still maps to this very queue.
-    pub fn remove_stream(&self, queue: &Arc<StreamQueue>) {
+    /// Forgets an ended stream (if still indexed) and returns the keys it
+    /// no longer needs. A stream that ended unexpectedly (client gone, error)
+    /// leaves a hold on `connection.<request_id>` when resume is on and no
+    /// other stream of that request_id is live; that key stays needed.
+    pub fn end_stream(&self, queue: &Arc<StreamQueue>, reason: DisconnectReason) -> Released {
         let mut st = self.write();
-        if matches!(st.slots.get(&queue.token()), Some(Slot::Open(o)) if Arc::ptr_eq(&o.queue, queue)) {
-            st.remove(queue.token());
+        let token = queue.token();
+        if !matches!(st.slots.get(&token), Some(Slot::Open(o)) if Arc::ptr_eq(&o.queue, queue)) {
+            return Vec::new();
         }
+        let Some(Slot::Open(open)) = st.remove(token) else { return Vec::new() };
+        let mut released: Released = open.keys.into_vec();
+        let hold_key = open.request_id.as_ref().and_then(|rid| {
+            let key: Box<str> = format!("connection.{rid}").into_boxed_str();
+            let wanted = !self.resume_ttl.is_zero()
+                && reason != DisconnectReason::ServerClosed
+                && !st.draining
+                && released.contains(&key)
+                && !st.keys.contains_key(&key)
+                && st.holds.len() < self.max_streams;
+            wanted.then_some((rid.clone(), key))
+        });
+        if let Some((rid, key)) = hold_key {
+            released.retain(|k| *k != key);
+            st.held_keys.insert(key.clone(), rid.clone());
+            let expires = Instant::now() + self.resume_ttl;
+            st.holds.insert(rid, Hold { key, frames: Vec::new(), bytes: 0, expires });
+        }
+        released
+    }
+
+    /// Drops holds whose TTL passed; returns their keys (no longer needed).
+    pub fn expire_holds(&self, now: Instant) -> Released {
+        let mut st = self.write();
+        let expired: Vec<Box<str>> =
+            st.holds.iter().filter(|(_, h)| h.expires <= now).map(|(rid, _)| rid.clone()).collect();
+        let mut released = Vec::new();
+        for rid in expired {
+            if let Some(h) = st.holds.remove(&rid) {
+                st.held_keys.remove(&h.key);
+                released.push(h.key);
+            }
+        }
+        released
+    }
+
+    /// Every routing key some stream or hold needs (to re-bind after a broker reconnect).
+    pub fn bound_keys(&self) -> Vec<Box<str>> {
+        let st = self.read();
+        st.keys.keys().chain(st.held_keys.keys()).cloned().collect()
     }
 
     /// Every open stream (a snapshot; the lock is released on return).
@@ -303,25 +431,13 @@ impl Router {
             .collect()
     }
 
-    /// Pushes `frame` to every open stream; returns the streams that overflowed
-    /// (already removed from the index).
+    /// Pushes `frame` to every open stream; returns how many overflowed.
     pub fn push_all(&self, frame: &Bytes) -> usize {
-        let failed: Vec<Arc<StreamQueue>> = {
-            let st = self.read();
-            st.slots
-                .values()
-                .filter_map(|s| match s {
-                    Slot::Open(o) if o.queue.push(frame.clone()) == Err(PushError::Overflow) => {
-                        Some(Arc::clone(&o.queue))
-                    }
-                    _ => None,
-                })
-                .collect()
-        };
-        for q in &failed {
-            self.remove_stream(q);
-        }
-        failed.len()
+        let st = self.read();
+        st.slots
+            .values()
+            .filter(|s| matches!(s, Slot::Open(o) if o.queue.push(frame.clone()) == Err(PushError::Overflow)))
+            .count()
     }
 
     /// Refuses new registrations and returns every open stream, to be closed.
@@ -359,20 +475,21 @@ mod tests {
         let t = Uuid::new_v4();
         r.register_pending(t).unwrap();
         let q = queue(t);
-        assert_eq!(r.open(&q, keys.iter().map(|k| k.to_string()).collect(), READY, Bytes::new), Opened::Live);
+        let rid = keys.iter().find_map(|k| k.strip_prefix("connection."));
+        assert_eq!(r.open(&q, keys.iter().map(|k| k.to_string()).collect(), rid, Some(READY), Bytes::new).0, Opened::Live);
         (t, q)
     }
 
     #[test]
     fn pending_sends_are_buffered_then_flushed_before_ready() {
-        let r = Router::new(1000, 10);
+        let r = Router::new(1000, 10, Duration::ZERO);
         let t = Uuid::new_v4();
         assert_eq!(r.send(t, None, false), SendOutcome::NotFound);
         r.register_pending(t).unwrap();
         assert_eq!(r.send(t, Some(Bytes::from_static(b"1")), false), SendOutcome::Buffered);
         assert_eq!(r.send(t, Some(Bytes::from_static(b"2")), false), SendOutcome::Buffered);
         let q = queue(t);
-        assert_eq!(r.open(&q, vec![], READY, Bytes::new), Opened::Live);
+        assert_eq!(r.open(&q, vec![], None, Some(READY), Bytes::new).0, Opened::Live);
         assert_eq!(q.queued_bytes(), 3);
         assert_eq!(r.send(t, Some(Bytes::from_static(b"3")), false), SendOutcome::Delivered);
         assert_eq!(r.counts(), (0, 1, 0));
@@ -380,20 +497,20 @@ mod tests {
 
     #[test]
     fn buffered_close_ends_the_stream_and_later_sends_are_not_found() {
-        let r = Router::new(1000, 10);
+        let r = Router::new(1000, 10, Duration::ZERO);
         let t = Uuid::new_v4();
         r.register_pending(t).unwrap();
         assert_eq!(r.send(t, Some(Bytes::from_static(b"1")), true), SendOutcome::Buffered);
         assert_eq!(r.send(t, Some(Bytes::from_static(b"2")), false), SendOutcome::NotFound);
         let q = queue(t);
-        assert_eq!(r.open(&q, vec!["broadcast".into()], READY, Bytes::new), Opened::Closing);
+        assert_eq!(r.open(&q, vec!["broadcast".into()], None, Some(READY), Bytes::new).0, Opened::Closing);
         assert_eq!(q.queued_bytes(), 1);
         assert_eq!(r.counts(), (0, 0, 0));
     }
 
     #[test]
     fn pending_buffer_is_bounded() {
-        let r = Router::new(4, 10);
+        let r = Router::new(4, 10, Duration::ZERO);
         let t = Uuid::new_v4();
         r.register_pending(t).unwrap();
         assert_eq!(r.send(t, Some(Bytes::from_static(b"1234")), false), SendOutcome::Buffered);
@@ -402,7 +519,7 @@ mod tests {
 
     #[test]
     fn max_streams_counts_pending_and_open() {
-        let r = Router::new(100, 2);
+        let r = Router::new(100, 2, Duration::ZERO);
         open(&r, &[]);
         r.register_pending(Uuid::new_v4()).unwrap();
         assert_eq!(r.register_pending(Uuid::new_v4()), Err(Refused::Full));
@@ -410,7 +527,7 @@ mod tests {
 
     #[test]
     fn publish_reaches_exactly_the_bound_streams_with_one_shared_buffer() {
-        let r = Router::new(1000, 10);
+        let r = Router::new(1000, 10, Duration::ZERO);
         let (_, a) = open(&r, &["broadcast", "subject.alice"]);
         let (_, b) = open(&r, &["broadcast", "subject.bob", "broadcast"]);
         let frame = Bytes::from(b"data: x\n\n".to_vec());
@@ -428,21 +545,22 @@ mod tests {
 
     #[test]
     fn removing_a_stream_unbinds_its_keys() {
-        let r = Router::new(1000, 10);
-        let (t, _) = open(&r, &["broadcast", "connection.r1"]);
+        let r = Router::new(1000, 10, Duration::ZERO);
+        let (_, q) = open(&r, &["broadcast", "connection.r1"]);
         let (_, _) = open(&r, &["broadcast"]);
         assert_eq!(r.counts(), (0, 2, 2));
-        r.remove(t);
+        assert_eq!(r.end_stream(&q, DisconnectReason::ClientClosed), vec![Box::from("broadcast"), Box::from("connection.r1")]);
         assert_eq!(r.counts(), (0, 1, 1));
         assert_eq!(r.publish("connection.r1", None, false).matched, 0);
     }
 
     #[test]
-    fn publish_with_close_removes_the_streams() {
-        let r = Router::new(1000, 10);
+    fn publish_with_close_ends_the_streams() {
+        let r = Router::new(1000, 10, Duration::ZERO);
         let (t, q) = open(&r, &["connection.r1"]);
         assert_eq!(r.publish("connection.r1", None, true).matched, 1);
         assert_eq!(r.send(t, None, false), SendOutcome::NotFound);
+        assert_eq!(r.publish("connection.r1", None, true).matched, 0, "already closing");
         let mut out = Vec::new();
         q.take_batch(&mut out, 64, std::task::Waker::noop());
         assert_eq!(
@@ -452,13 +570,45 @@ mod tests {
     }
 
     #[test]
+    fn unexpected_end_holds_connection_events_until_the_request_id_returns() {
+        let r = Router::new(1000, 10, Duration::from_secs(60));
+        let (_, q) = open(&r, &["broadcast", "connection.r1"]);
+        let released = r.end_stream(&q, DisconnectReason::ClientClosed);
+        assert_eq!(released, vec![Box::from("broadcast")], "the hold keeps connection.r1 bound");
+        let frame = Bytes::from_static(b"data: held\n\n");
+        let p = r.publish("connection.r1", Some(&frame), false);
+        assert_eq!((p.matched, p.held), (0, 1));
+        assert_eq!(r.bound_keys(), vec![Box::from("connection.r1")]);
+        let t = Uuid::new_v4();
+        r.register_pending(t).unwrap();
+        let q2 = queue(t);
+        let (opened, taken) = r.open(&q2, vec!["connection.r1".into()], Some("r1"), Some(READY), Bytes::new);
+        assert_eq!((opened, taken.as_deref()), (Opened::Live, Some("connection.r1")));
+        let mut out = Vec::new();
+        q2.take_batch(&mut out, 64, std::task::Waker::noop());
+        assert_eq!(out, vec![frame, READY], "held events come before ready");
+    }
+
+    #[test]
+    fn server_closed_streams_and_expired_holds_keep_nothing() {
+        let r = Router::new(1000, 10, Duration::from_millis(1));
+        let (_, q) = open(&r, &["connection.a"]);
+        assert_eq!(r.end_stream(&q, DisconnectReason::ServerClosed), vec![Box::from("connection.a")]);
+        let (_, q) = open(&r, &["connection.b"]);
+        assert!(r.end_stream(&q, DisconnectReason::Error).is_empty());
+        let later = Instant::now() + Duration::from_secs(1);
+        assert_eq!(r.expire_holds(later), vec![Box::from("connection.b")]);
+        assert!(r.bound_keys().is_empty());
+    }
+
+    #[test]
     fn draining_refuses_new_tokens_and_closes_late_opens() {
-        let r = Router::new(1000, 10);
+        let r = Router::new(1000, 10, Duration::ZERO);
         let t = Uuid::new_v4();
         r.register_pending(t).unwrap();
         assert!(r.start_draining().is_empty());
         assert_eq!(r.register_pending(Uuid::new_v4()), Err(Refused::Draining));
         let q = queue(t);
-        assert_eq!(r.open(&q, vec![], READY, || Bytes::from_static(b"retry")), Opened::Closing);
+        assert_eq!(r.open(&q, vec![], None, Some(READY), || Bytes::from_static(b"retry")).0, Opened::Closing);
     }
 }

@@ -19,11 +19,20 @@ use crate::hook::DisconnectReason;
 pub(crate) async fn serve(shared: Arc<Shared>, public: TcpListener, internal: Option<TcpListener>) {
     let connections = TaskTracker::new();
     let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&shared)));
+    let broker = shared.amqp.clone().map(|a| tokio::spawn(a.run(Arc::clone(&shared))));
+    let holds = (!shared.config.resume_ttl.is_zero()).then(|| tokio::spawn(expire_holds_loop(Arc::clone(&shared))));
     let internal_loop =
         internal.map(|l| tokio::spawn(accept_loop(Arc::clone(&shared), l, Listener::Internal, connections.clone())));
     accept_loop(Arc::clone(&shared), public, Listener::Public, connections.clone()).await;
     heartbeat.abort();
+    if let Some(h) = holds {
+        h.abort();
+    }
     drain(&shared, &connections).await;
+    if let Some(b) = broker {
+        // The run loop sees the shutdown token and closes the connection.
+        let _ = tokio::time::timeout(Duration::from_secs(2), b).await;
+    }
     if let Some(task) = internal_loop {
         task.abort();
     }
@@ -75,6 +84,15 @@ async fn drain(shared: &Arc<Shared>, connections: &TaskTracker) {
     let callbacks_deadline = Instant::now() + shared.config.callback_timeout + Duration::from_secs(1);
     if tokio::time::timeout_at(callbacks_deadline, shared.tracker.wait()).await.is_err() {
         warn!("some disconnect callbacks did not finish before exit");
+    }
+}
+
+async fn expire_holds_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let released = shared.router.expire_holds(std::time::Instant::now());
+        crate::connect::release_keys(&shared, released);
     }
 }
 

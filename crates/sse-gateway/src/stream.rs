@@ -181,6 +181,11 @@ impl StreamQueue {
         Batch::Frames
     }
 
+    /// Why the stream is ending, once it is.
+    pub fn closing(&self) -> Option<DisconnectReason> {
+        self.lock().closing
+    }
+
     /// Wakes `waker` on the next push, close or cut.
     pub fn register(&self, waker: &Waker) {
         self.waker.register(waker);

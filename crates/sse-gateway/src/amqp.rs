@@ -1,0 +1,300 @@
+//! The RabbitMQ ingress: one queue per gateway instance, bound to the union of
+//! its live streams' routing keys, demultiplexed by the router.
+//!
+//! * Backends publish `{"event"|"event_name": "<name>", "data": "<string>"}`
+//!   to the topic exchange (`sse.events`, or `<prefix>.sse.events`) with a
+//!   routing key; each message is handed to `Router::publish` for that key,
+//!   encoded once, exactly like `/internal/publish`. Anything else is rejected
+//!   without requeue and counted.
+//! * The instance queue is exclusive (it lives as long as this gateway's
+//!   connection), so the broker holds one queue per instance, never one per
+//!   stream. A key is bound when its first stream (or hold) needs it and
+//!   unbound when its last one is gone; [`Amqp::acquire`] returns only once
+//!   the binding is in place, so `ready` is written strictly after it.
+//! * When the connection drops: `/readyz` turns 503, new streams get a
+//!   `retry:` hint, and the run loop reconnects with exponential backoff
+//!   (1 s doubling to 30 s), re-declares, re-binds every needed key, resumes
+//!   consuming and writes `ready` again on every stream.
+//!
+//! Bind and unbind calls are serialised by one async mutex, which also owns
+//! the reference counts, so a key can never be unbound while a stream that
+//! needs it is being set up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tracing::{info, warn};
+
+use crate::Shared;
+use crate::config::AmqpConfig;
+
+/// Why routing could not be set up for a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// The broker connection is down.
+    #[error("not connected to RabbitMQ")]
+    Disconnected,
+    /// The broker refused or failed an operation.
+    #[error("RabbitMQ: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+#[derive(Default)]
+struct Binder {
+    counts: HashMap<Box<str>, usize>,
+    channel: Option<Channel>,
+}
+
+/// The AMQP ingress of one gateway instance.
+pub struct Amqp {
+    config: AmqpConfig,
+    binder: tokio::sync::Mutex<Binder>,
+    connected: AtomicBool,
+}
+
+impl Amqp {
+    pub(crate) fn new(config: AmqpConfig) -> Arc<Self> {
+        Arc::new(Self { config, binder: tokio::sync::Mutex::default(), connected: AtomicBool::new(false) })
+    }
+
+    /// True while the broker connection is up and consuming.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Takes a reference on each key, binding the ones that gain their first.
+    /// On failure every reference taken here is given back.
+    pub(crate) async fn acquire(&self, keys: &[String]) -> Result<(), AmqpError> {
+        let mut b = self.binder.lock().await;
+        let mut fresh = Vec::new();
+        for k in keys {
+            let count = b.counts.entry(Box::from(k.as_str())).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                fresh.push(k.as_str());
+            }
+        }
+        let result = match b.channel.clone() {
+            None if fresh.is_empty() => Ok(()),
+            None => Err(AmqpError::Disconnected),
+            Some(ch) => {
+                let mut r = Ok(());
+                for k in &fresh {
+                    if let Err(e) = self.bind(&ch, k).await {
+                        r = Err(e);
+                        break;
+                    }
+                }
+                r
+            }
+        };
+        if result.is_err() {
+            for k in keys {
+                self.drop_ref(&mut b, k).await;
+            }
+        }
+        result
+    }
+
+    /// Gives back one reference on each key, unbinding those left with none.
+    pub(crate) async fn release(&self, keys: Vec<Box<str>>) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut b = self.binder.lock().await;
+        for k in keys {
+            self.drop_ref(&mut b, &k).await;
+        }
+    }
+
+    async fn drop_ref(&self, b: &mut Binder, key: &str) {
+        let Some(count) = b.counts.get_mut(key) else { return };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        b.counts.remove(key);
+        if let Some(ch) = &b.channel {
+            let unbind = ch.queue_unbind(
+                self.config.queue.as_str().into(),
+                self.config.exchange.as_str().into(),
+                key.into(),
+                FieldTable::default(),
+            );
+            if let Err(e) = unbind.await {
+                warn!(key, error = %e, "queue unbind failed");
+            }
+        }
+    }
+
+    async fn bind(&self, ch: &Channel, key: &str) -> Result<(), AmqpError> {
+        ch.queue_bind(
+            self.config.queue.as_str().into(),
+            self.config.exchange.as_str().into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn connect(&self) -> Result<(Connection, Channel, lapin::Consumer), AmqpError> {
+        let conn = Connection::connect(&self.config.url, ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        let durable = !self.config.auto_delete;
+        ch.exchange_declare(
+            self.config.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable, auto_delete: self.config.auto_delete, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_declare(
+            self.config.queue.as_str().into(),
+            QueueDeclareOptions { exclusive: true, auto_delete: true, durable: false, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.basic_qos(512, BasicQosOptions::default()).await?;
+        let consumer = ch
+            .basic_consume(
+                self.config.queue.as_str().into(),
+                "sse-gateway".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((conn, ch, consumer))
+    }
+
+    /// Connects, consumes, and reconnects until shutdown.
+    pub(crate) async fn run(self: Arc<Self>, shared: Arc<Shared>) {
+        let mut backoff = Duration::from_secs(1);
+        let mut first = true;
+        loop {
+            let attempt = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                r = self.connect() => r,
+            };
+            match attempt {
+                Ok((conn, ch, consumer)) => {
+                    if let Err(e) = self.rebind(&ch).await {
+                        warn!(error = %e, "re-binding routing keys failed; reconnecting");
+                        let _ = conn.close(0, "rebind failed".into()).await;
+                    } else {
+                        backoff = Duration::from_secs(1);
+                        self.connected.store(true, Ordering::Release);
+                        shared.metrics.broker_connected(true);
+                        info!(queue = %self.config.queue, exchange = %self.config.exchange, "connected to RabbitMQ");
+                        if !first {
+                            // Streams may have missed events while the broker was away: say so.
+                            shared.router.push_all(&Bytes::from_static(sse_wire::encode::READY));
+                        }
+                        first = false;
+                        self.consume(&shared, consumer).await;
+                        self.connected.store(false, Ordering::Release);
+                        shared.metrics.broker_connected(false);
+                        self.binder.lock().await.channel = None;
+                        if shared.shutdown.is_cancelled() {
+                            let _ = conn.close(200, "shutting down".into()).await;
+                            return;
+                        }
+                        warn!("lost the RabbitMQ connection; new streams are refused until it is back");
+                    }
+                }
+                Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot connect to RabbitMQ"),
+            }
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    async fn rebind(&self, ch: &Channel) -> Result<(), AmqpError> {
+        let mut b = self.binder.lock().await;
+        let keys: Vec<Box<str>> = b.counts.keys().cloned().collect();
+        for k in &keys {
+            self.bind(ch, k).await?;
+        }
+        b.channel = Some(ch.clone());
+        Ok(())
+    }
+
+    async fn consume(&self, shared: &Shared, mut consumer: lapin::Consumer) {
+        loop {
+            let next = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                n = consumer.next() => n,
+            };
+            let delivery = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    warn!(error = %e, "RabbitMQ consumer failed");
+                    return;
+                }
+                None => return,
+            };
+            let key = delivery.routing_key.as_str().to_owned();
+            match parse_message(&delivery.data) {
+                Ok(frame) => {
+                    crate::deliver::publish(shared, "amqp", &key, Some(&frame), false);
+                    shared.metrics.broker_message("delivered");
+                    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                        warn!(error = %e, "ack failed");
+                    }
+                }
+                Err(reason) => {
+                    shared.metrics.broker_message("rejected");
+                    warn!(key, reason, "rejected an AMQP message");
+                    if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
+                        warn!(error = %e, "reject failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads a backend message: `{"event"|"event_name": string, "data": string}`.
+pub(crate) fn parse_message(body: &[u8]) -> Result<Bytes, &'static str> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| "not JSON")?;
+    let obj = value.as_object().ok_or("not a JSON object")?;
+    let name = obj
+        .get("event")
+        .or_else(|| obj.get("event_name"))
+        .and_then(|v| v.as_str())
+        .ok_or("event (or event_name) missing or not a string")?;
+    let data = obj.get("data").and_then(|v| v.as_str()).ok_or("data missing or not a string")?;
+    crate::command::encode_event(Some(name), data).map_err(|_| "event name contains CR, LF or NUL")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_follow_the_contract() {
+        assert_eq!(
+            parse_message(br#"{"event":"n","data":"{}"}"#).unwrap(),
+            Bytes::from_static(b"data: {\"type\":\"n\",\"payload\":{}}\n\n")
+        );
+        assert!(parse_message(br#"{"event_name":"n","data":"1"}"#).is_ok());
+        assert!(parse_message(b"nope").is_err());
+        assert!(parse_message(br#"{"event":1,"data":"1"}"#).is_err());
+        assert!(parse_message(br#"{"event":"n","data":{}}"#).is_err());
+        assert!(parse_message(br#"{"event":"a\nb","data":"1"}"#).is_err());
+    }
+}
