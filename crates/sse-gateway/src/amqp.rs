@@ -131,8 +131,9 @@ impl Amqp {
                 key.into(),
                 FieldTable::default(),
             );
-            if let Err(e) = unbind.await {
-                warn!(key, error = %e, "queue unbind failed");
+            match unbind.await {
+                Ok(()) => tracing::debug!("unbound routing key {key}"),
+                Err(e) => warn!(key, error = %e, "queue unbind failed"),
             }
         }
     }

@@ -81,6 +81,11 @@ pub(crate) fn publish(shared: &Shared, ingress: &'static str, key: &str, frame: 
     }
     if result.held + result.hold_dropped > 0 {
         shared.metrics.held(result.held, result.hold_dropped);
+        if result.hold_dropped > 0 {
+            tracing::warn!(key, "hold outgrew STREAM_QUEUE_BYTES and was dropped; its events are lost");
+        } else {
+            tracing::debug!(key, "event held for a returning client");
+        }
     }
     result.matched
 }

@@ -476,7 +476,10 @@ mod tests {
         r.register_pending(t).unwrap();
         let q = queue(t);
         let rid = keys.iter().find_map(|k| k.strip_prefix("connection."));
-        assert_eq!(r.open(&q, keys.iter().map(|k| k.to_string()).collect(), rid, Some(READY), Bytes::new).0, Opened::Live);
+        assert_eq!(
+            r.open(&q, keys.iter().map(|k| k.to_string()).collect(), rid, Some(READY), Bytes::new).0,
+            Opened::Live
+        );
         (t, q)
     }
 
@@ -549,7 +552,10 @@ mod tests {
         let (_, q) = open(&r, &["broadcast", "connection.r1"]);
         let (_, _) = open(&r, &["broadcast"]);
         assert_eq!(r.counts(), (0, 2, 2));
-        assert_eq!(r.end_stream(&q, DisconnectReason::ClientClosed), vec![Box::from("broadcast"), Box::from("connection.r1")]);
+        assert_eq!(
+            r.end_stream(&q, DisconnectReason::ClientClosed),
+            vec![Box::from("broadcast"), Box::from("connection.r1")]
+        );
         assert_eq!(r.counts(), (0, 1, 1));
         assert_eq!(r.publish("connection.r1", None, false).matched, 0);
     }

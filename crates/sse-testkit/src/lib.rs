@@ -12,10 +12,12 @@
 //! Every wait is bounded by [`WAIT`] and panics with a message when it runs
 //! out, so a missing behaviour fails the test instead of hanging it.
 
+mod amqp;
 mod backend;
 mod client;
 mod process;
 
+pub use amqp::{AmqpPublisher, RabbitNode, amqp_url, rabbitmqctl};
 pub use backend::{Backend, Call, Reply};
 pub use client::{HttpResponse, SseClient, request, send_json};
 pub use process::Process;

@@ -85,11 +85,17 @@ impl Process {
 
     /// Waits (bounded) until a stderr line contains `needle`; returns that line.
     pub async fn wait_for_log(&self, needle: &str) -> String {
-        within(&format!("a log line containing {needle:?}"), async {
+        self.wait_for_logs(needle, 1).await.remove(0)
+    }
+
+    /// Waits (bounded) until `n` stderr lines contain `needle`; returns them.
+    pub async fn wait_for_logs(&self, needle: &str, n: usize) -> Vec<String> {
+        within(&format!("{n} log line(s) containing {needle:?}"), async {
             loop {
                 let notified = self.new_line.notified();
-                if let Some(l) = self.stderr().into_iter().find(|l| l.contains(needle)) {
-                    return l;
+                let found: Vec<String> = self.stderr().into_iter().filter(|l| l.contains(needle)).collect();
+                if found.len() >= n {
+                    return found;
                 }
                 notified.await;
             }
