@@ -14,7 +14,7 @@
 //!   a JWKS; `local-user` when OIDC is off).
 //! * [`broadcaster`]: how events reach the gateway ([`broadcaster::HttpBroadcaster`]
 //!   over `/internal/send` and `/internal/publish`; [`in_process`] for a
-//!   gateway in the same process).
+//!   gateway in the same process; [`amqp`] through RabbitMQ to many instances).
 //! * [`tasks`], [`version`], [`subscriptions`], [`change`], [`lifecycle`],
 //!   [`metrics`]: the services built on top.
 //!
@@ -23,6 +23,7 @@
 //! run); the library never reads the environment except through
 //! [`config::BackendConfig::from_lookup`].
 
+pub mod amqp;
 pub mod broadcaster;
 pub mod callback;
 pub mod change;
