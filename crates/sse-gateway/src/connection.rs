@@ -116,6 +116,25 @@ async fn write_error_and_close(tcp: &mut TcpStream, e: &ApiError) {
     let _ = tcp.write_all(head.as_bytes()).await;
     let _ = tcp.write_all(&body).await;
     let _ = tcp.shutdown().await;
+    linger(tcp).await;
+}
+
+/// Reads and discards what the client is still sending (briefly, bounded)
+/// before the socket is dropped: closing with unread input makes the kernel
+/// send a reset, which can destroy the answer before the client reads it.
+async fn linger(tcp: &mut TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 4096];
+    let mut budget: usize = 256 * 1024;
+    let drain = async {
+        while budget > 0 {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 struct FirstRequest {

@@ -78,8 +78,10 @@ pub async fn request(
             req.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         req.push_str("\r\n");
-        tcp.write_all(req.as_bytes()).await.expect("write head");
-        tcp.write_all(body).await.expect("write body");
+        // A server may answer (e.g. 413, 431) and stop reading before the
+        // request is fully written; the answer is what the test checks.
+        let _ = tcp.write_all(req.as_bytes()).await;
+        let _ = tcp.write_all(body).await;
         let mut buf = Vec::new();
         let mut resp = read_head(&mut tcp, &mut buf).await.expect("response head");
         tcp.read_to_end(&mut buf).await.expect("read body");
