@@ -86,3 +86,13 @@ ensure_mosquitto() {
   wait_port 18830 10 || { cat "$SERVICES_DIR/mosquitto.log"; echo "Mosquitto did not start" >&2; return 1; }
   export SSE_TEST_MQTT_URL="mqtt://127.0.0.1:18830"
 }
+
+ensure_browser() { # Debian chromium + node for the dashboard test (playwright-core, no browser download)
+  [ -x /usr/bin/chromium ] || apt_install chromium
+  command -v node >/dev/null 2>&1 || apt_install nodejs
+  command -v npm >/dev/null 2>&1 || apt_install npm
+  if [ ! -d crates/sse-hub/browser-test/node_modules/playwright-core ]; then
+    echo "==> npm ci (crates/sse-hub/browser-test)"
+    (cd crates/sse-hub/browser-test && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}

@@ -1,0 +1,276 @@
+//! Wiring: the one place that builds every service from [`HubConfig`],
+//! composes their routes, and serves them, either inside the in-process
+//! gateway (`Gateway::with_app`, streams at `/api/sse/stream`) or, with
+//! `SSE_GATEWAY_URL` set, as a plain backend behind an external gateway
+//! (`POST /api/sse/callback`, events over HTTP).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http_body_util::BodyExt;
+use prometheus_client::registry::Registry;
+use sse_backend::broadcaster::Broadcaster;
+use sse_backend::callback::{AnswerMode, CallbackConfig};
+use sse_backend::in_process::{InProcessBroadcaster, InProcessHook};
+use sse_backend::lifecycle::{Lifecycle, LifecycleEvent};
+use sse_backend::subscriptions::Subscriptions;
+use sse_backend::tasks::TaskService;
+use sse_backend::version::VersionService;
+use sse_backend::{CallbackHandler, ConnectionManager, HttpBroadcaster, HttpBroadcasterConfig, IdentityResolver};
+use sse_gateway::{AppBody, AppService, Gateway, GatewayHandle};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::config::{HubConfig, HubConfigError};
+use crate::device_logs::DeviceLogs;
+use crate::dnsmasq::{ConfigReadError, read_config};
+use crate::internal::{InternalAccess, Rotation, guard, version_router};
+use crate::leases::{LeaseService, now_secs};
+use crate::metrics::HubMetrics;
+use crate::mqtt::{MqttConfig, MqttUrlError, parse_url};
+
+/// The path streams open on.
+pub const STREAM_PATH: &str = "/api/sse/stream";
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Why the hub cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting combination that cannot work.
+    #[error(transparent)]
+    Config(#[from] HubConfigError),
+    /// The demo data directory cannot be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The dnsmasq configuration cannot be read.
+    #[error(transparent)]
+    Dnsmasq(#[from] ConfigReadError),
+    /// The MQTT URL cannot be used.
+    #[error(transparent)]
+    Mqtt(#[from] MqttUrlError),
+    /// The listener has no address.
+    #[error("listener address: {0}")]
+    Listener(std::io::Error),
+}
+
+/// A running hub.
+pub struct RunningHub {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    lifecycle: Lifecycle,
+    stop: CancellationToken,
+    gateway_shutdown: Option<CancellationToken>,
+    server: JoinHandle<()>,
+}
+
+impl RunningHub {
+    /// Graceful shutdown: refuse new tasks, wait for running ones (up to the
+    /// graceful timeout), stop the background loops, drain the streams.
+    pub async fn shutdown(self) {
+        self.lifecycle.shutdown().await;
+        self.stop.cancel();
+        if let Some(g) = &self.gateway_shutdown {
+            g.cancel();
+        }
+        if let Err(e) = self.server.await {
+            tracing::error!(error = %e, "server task ended abnormally");
+        }
+    }
+}
+
+/// An axum router as the gateway's embedded application.
+pub fn app_service(router: axum::Router) -> AppService {
+    Arc::new(move |req: http::Request<hyper::body::Incoming>| {
+        let router = router.clone();
+        Box::pin(async move {
+            let req = req.map(axum::body::Body::new);
+            let resp = match router.oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            resp.map(|b| -> AppBody { b.map_err(Into::into).boxed_unsync() })
+        })
+    })
+}
+
+async fn dashboard() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], DASHBOARD)
+        .into_response()
+}
+
+async fn version_file(path: PathBuf) -> Response {
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the version file");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+/// Builds everything and starts serving on `listener`.
+pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, StartError> {
+    let addr = listener.local_addr().map_err(StartError::Listener)?;
+    let oidc = cfg.oidc()?;
+    if cfg.dnsmasq_config.is_none() {
+        let created = crate::demo_data::ensure(&cfg.data_dir, now_secs())
+            .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
+        if !created.is_empty() {
+            tracing::info!(dir = %cfg.data_dir.display(), files = ?created, "created demo data");
+        }
+    }
+    let dnsmasq = read_config(&cfg.dnsmasq_config_path())?;
+    let mqtt = match &cfg.mqtt_url {
+        Some(url) => {
+            parse_url(url)?;
+            Some(MqttConfig {
+                url: url.clone(),
+                topic: cfg.mqtt_topic.clone(),
+                client_id: cfg.mqtt_client_id(),
+                username: cfg.mqtt_username.clone(),
+                password: cfg.mqtt_password.clone(),
+            })
+        }
+        None => None,
+    };
+
+    let mut registry = Registry::default();
+    let backend_metrics = sse_backend::Metrics::register(&mut registry);
+    let metrics = HubMetrics::register(&mut registry);
+    let registry = Arc::new(registry);
+
+    let in_process = cfg.sse_gateway_url.is_none();
+    let deferred = Arc::new(InProcessBroadcaster::<GatewayHandle>::deferred());
+    let broadcaster: Arc<dyn Broadcaster> = match &cfg.sse_gateway_url {
+        None => deferred.clone(),
+        Some(url) => {
+            let mut b = HttpBroadcasterConfig::new(url.clone());
+            b.secret = cfg.sse_gateway_secret.clone();
+            b.publish = cfg.sse_gateway_publish;
+            Arc::new(HttpBroadcaster::new(b))
+        }
+    };
+    let manager = ConnectionManager::new(broadcaster, backend_metrics.clone());
+    let identity = Arc::new(IdentityResolver::new(oidc));
+    let answer = if cfg.sse_gateway_publish { AnswerMode::Routing } else { AnswerMode::Empty };
+    let callback = Arc::new(CallbackHandler::new(
+        CallbackConfig { secret: cfg.sse_callback_secret.clone(), answer },
+        manager.clone(),
+        identity.clone(),
+    ));
+    let tasks = TaskService::new(cfg.tasks(), manager.clone());
+    tasks.start_cleanup();
+    let self_ip = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let self_url = match addr {
+        SocketAddr::V6(_) if !addr.ip().is_unspecified() => format!("http://[{self_ip}]:{}", addr.port()),
+        _ => format!("http://{self_ip}:{}", addr.port()),
+    };
+    let version = VersionService::new(cfg.version(&self_url), manager.clone());
+    let subscriptions = Subscriptions::new(manager.clone());
+    let logs = DeviceLogs::new(subscriptions.clone(), identity.clone(), metrics.clone());
+    let rotation = Rotation::new(manager.clone(), metrics.clone());
+    let leases = LeaseService::new(dnsmasq, manager.clone(), metrics.clone());
+    leases.load_initial().await;
+    tracing::info!(file = %leases.lease_file().display(), leases = leases.leases().len(), "lease file loaded");
+
+    let lifecycle = Lifecycle::new(Duration::from_secs(cfg.graceful_shutdown_timeout), backend_metrics);
+    {
+        let (t, v, s, r) = (tasks.clone(), version.clone(), subscriptions.clone(), rotation.clone());
+        lifecycle.register_listener(move |e| match e {
+            LifecycleEvent::PrepareShutdown => {
+                t.prepare_shutdown();
+                v.prepare_shutdown();
+                s.prepare_shutdown();
+                r.prepare_shutdown();
+            }
+            LifecycleEvent::Shutdown => {
+                t.shutdown();
+                v.shutdown();
+            }
+            _ => {}
+        });
+        let t = tasks.clone();
+        lifecycle.register_waiter("tasks", move |left| {
+            let t = t.clone();
+            async move { t.wait_idle(left).await }
+        });
+    }
+    lifecycle.fire_startup();
+
+    let stop = CancellationToken::new();
+    let poll = (cfg.lease_poll_seconds > 0).then(|| Duration::from_secs(cfg.lease_poll_seconds));
+    leases.start(poll, stop.clone());
+    if let Some(m) = mqtt {
+        tokio::spawn(crate::mqtt::run(m, logs.clone(), metrics.clone(), stop.clone()));
+    }
+
+    let metrics_route = {
+        let registry = Arc::clone(&registry);
+        get(move || {
+            let registry = Arc::clone(&registry);
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    sse_backend::metrics::encode(&registry),
+                )
+            }
+        })
+    };
+    let mut router = axum::Router::new()
+        .route("/", get(dashboard))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/internal/metrics", metrics_route.clone())
+        .merge(leases.router())
+        .merge(crate::demo_tasks::router(tasks.clone(), identity.clone()))
+        .merge(logs.router())
+        .merge(rotation.router())
+        .merge(version_router(version.clone()));
+    if let Some(path) = cfg.frontend_version_file.clone().filter(|_| cfg.frontend_version_url.is_none()) {
+        router = router.route("/version.json", get(move || version_file(path.clone())));
+    }
+    if !in_process {
+        router = router
+            .route("/metrics", metrics_route)
+            .merge(Arc::clone(&callback).router())
+            .merge(lifecycle.health_router(cfg.sse_gateway_url.clone(), String::new()));
+    }
+    let router =
+        router.layer(axum::middleware::from_fn_with_state(InternalAccess::new(cfg.internal_api_secret.clone()), guard));
+
+    let (server, gateway_shutdown) = if in_process {
+        let gw_config = sse_gateway::Config {
+            listen: addr,
+            heartbeat_interval: Duration::from_secs(cfg.heartbeat_interval_seconds.max(1)),
+            internal_api_secret: cfg.internal_api_secret.clone().filter(|s| !s.is_empty()),
+            ..sse_gateway::Config::default()
+        };
+        let gateway =
+            Gateway::new(gw_config, Some(InProcessHook::new(callback))).with_app(STREAM_PATH, app_service(router));
+        deferred.attach(gateway.handle());
+        let token = gateway.shutdown_token();
+        (tokio::spawn(gateway.serve(listener, None)), Some(token))
+    } else {
+        let done = stop.clone();
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(done.cancelled_owned()).await {
+                tracing::error!(error = %e, "server failed");
+            }
+        });
+        (server, None)
+    };
+    Ok(RunningHub { addr, lifecycle, stop, gateway_shutdown, server })
+}

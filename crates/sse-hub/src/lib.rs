@@ -1,0 +1,30 @@
+//! `sse-hub`: the reference server. The SSE gateway runs in-process (no HTTP
+//! hop between gateway and backend) with the `sse-backend` toolkit, and the
+//! seed services live on top of it:
+//!
+//! * [`leases`] over [`dnsmasq`]: DHCP leases, pools, and change events
+//!   (`lease_added` / `lease_updated` / `lease_removed` / `lease_expired`,
+//!   `data_changed`) from a file watcher, a notify endpoint and an expiry timer;
+//! * [`demo_tasks`]: the start route and built-in tasks for the toolkit's task runner;
+//! * version notices (the toolkit's `VersionService`, pushed through [`internal`]);
+//! * [`device_logs`] from [`mqtt`] or HTTP, to subscribed streams only;
+//! * rotation nudges ([`internal::Rotation`]);
+//! * a dashboard page at `/` (embedded with `include_str!`).
+//!
+//! [`app`] is the only place that wires them; [`config`] the only place that
+//! reads settings. Invariants: no std lock across an `.await`; every service
+//! sends through the toolkit's `ConnectionManager`, never to the gateway directly.
+
+pub mod app;
+pub mod config;
+pub mod demo_data;
+pub mod demo_tasks;
+pub mod device_logs;
+pub mod dnsmasq;
+pub mod internal;
+pub mod leases;
+pub mod metrics;
+pub mod mqtt;
+
+pub use app::{RunningHub, STREAM_PATH, start};
+pub use config::{Cli, Command, HubConfig};
