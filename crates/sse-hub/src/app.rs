@@ -61,6 +61,9 @@ pub enum StartError {
     /// The MQTT URL cannot be used.
     #[error(transparent)]
     Mqtt(#[from] MqttUrlError),
+    /// A gateway setting (RabbitMQ) cannot be used.
+    #[error(transparent)]
+    Gateway(#[from] sse_gateway::ConfigError),
     /// The listener has no address.
     #[error("listener address: {0}")]
     Listener(std::io::Error),
@@ -251,10 +254,21 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
         router.layer(axum::middleware::from_fn_with_state(InternalAccess::new(cfg.internal_api_secret.clone()), guard));
 
     let (server, gateway_shutdown) = if in_process {
+        // The gateway's own parser reads the RabbitMQ settings (one set of rules).
+        let amqp_cli = sse_gateway::Cli {
+            rabbitmq_url: cfg.rabbitmq_url.clone(),
+            rabbitmq_env_prefix: cfg.rabbitmq_env_prefix.clone(),
+            rabbitmq_env_auto_delete: cfg.rabbitmq_env_auto_delete.clone(),
+            rabbitmq_queue_ttl_ms: cfg.rabbitmq_queue_ttl_ms.clone(),
+            ..sse_gateway::Cli::default()
+        };
+        let (amqp_cfg, _) = sse_gateway::Config::from_sources(&amqp_cli, |_| None)?;
         let gw_config = sse_gateway::Config {
             listen: addr,
             heartbeat_interval: Duration::from_secs(cfg.heartbeat_interval_seconds.max(1)),
             internal_api_secret: cfg.internal_api_secret.clone().filter(|s| !s.is_empty()),
+            amqp: amqp_cfg.amqp,
+            resume_ttl: amqp_cfg.resume_ttl,
             ..sse_gateway::Config::default()
         };
         let gateway =

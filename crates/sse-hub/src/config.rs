@@ -93,6 +93,19 @@ pub struct HubConfig {
     /// Required `secret` query parameter of `/api/sse/callback` (external gateway mode).
     #[arg(long, env = "SSE_CALLBACK_SECRET")]
     pub sse_callback_secret: Option<String>,
+    /// RabbitMQ URL: the in-process gateway also consumes events that backends
+    /// publish to the `sse.events` topic exchange (scale-out ingress).
+    #[arg(long, env = "RABBITMQ_URL")]
+    pub rabbitmq_url: Option<String>,
+    /// Exchange prefix: `<prefix>.sse.events`.
+    #[arg(long, env = "RABBITMQ_ENV_PREFIX")]
+    pub rabbitmq_env_prefix: Option<String>,
+    /// Declare the exchange auto-delete and non-durable (test environments).
+    #[arg(long, env = "RABBITMQ_ENV_AUTO_DELETE")]
+    pub rabbitmq_env_auto_delete: Option<String>,
+    /// How long events for a request_id whose client dropped are held for its return, ms.
+    #[arg(long, env = "RABBITMQ_QUEUE_TTL_MS")]
+    pub rabbitmq_queue_ttl_ms: Option<String>,
     /// Frontend version document (`{"version": ...}`) sent on connect.
     #[arg(long, env = "FRONTEND_VERSION_URL", conflicts_with = "frontend_version_file")]
     pub frontend_version_url: Option<String>,
