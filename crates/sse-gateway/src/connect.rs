@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::Shared;
@@ -130,7 +130,7 @@ async fn open(
         ));
     }
     shared.metrics.stream_opened();
-    info!(%token, request_id = accepted.request_id.as_deref().unwrap_or(""), "stream opened");
+    debug!(%token, request_id = accepted.request_id.as_deref().unwrap_or(""), "stream opened");
     Decision::Stream(StreamHandle::new(queue, end_hook(shared, hook)))
 }
 
@@ -231,7 +231,7 @@ fn end_hook(shared: &Arc<Shared>, hook: Arc<dyn ConnectHook>) -> EndHook {
         let released = shared.router.end_stream(queue, reason);
         release_keys(&shared, released);
         shared.metrics.stream_ended(reason);
-        info!(token = %queue.token(), reason = reason.as_str(), "stream ended");
+        debug!(token = %queue.token(), reason = reason.as_str(), "stream ended");
         spawn_disconnect(&shared, hook, queue.token(), reason, Arc::clone(queue.request()));
     })
 }

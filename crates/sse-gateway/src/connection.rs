@@ -40,23 +40,26 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Serves one connection to its end.
 pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, listener: Listener) {
     let mut buf = Vec::with_capacity(1024);
-    let first =
-        match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp, &mut buf, shared.config.max_header_bytes)).await {
-            Err(_) | Ok(Head::Closed) => return,
-            Ok(Head::TooLarge) => {
-                let e = ApiError::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "HEADERS_TOO_LARGE",
-                    format!("Request head exceeds {} bytes", shared.config.max_header_bytes),
-                );
-                return write_error_and_close(&mut tcp, &e).await;
-            }
-            Ok(Head::Invalid) => {
-                let e = ApiError::bad_request("BAD_REQUEST", "Malformed HTTP request");
-                return write_error_and_close(&mut tcp, &e).await;
-            }
-            Ok(Head::Complete(head)) => head,
-        };
+    // Boxed: the timer and read state are freed once the head is in, instead
+    // of staying in the task for the stream's whole life.
+    let reading =
+        Box::pin(tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp, &mut buf, shared.config.max_header_bytes)));
+    let first = match reading.await {
+        Err(_) | Ok(Head::Closed) => return,
+        Ok(Head::TooLarge) => {
+            let e = ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "HEADERS_TOO_LARGE",
+                format!("Request head exceeds {} bytes", shared.config.max_header_bytes),
+            );
+            return write_error_and_close(&mut tcp, &e).await;
+        }
+        Ok(Head::Invalid) => {
+            let e = ApiError::bad_request("BAD_REQUEST", "Malformed HTTP request");
+            return write_error_and_close(&mut tcp, &e).await;
+        }
+        Ok(Head::Complete(head)) => head,
+    };
     if listener == Listener::Public && first.is_raw_stream(&shared) {
         drop(buf);
         let request = first.request;
@@ -89,16 +92,22 @@ async fn raw(shared: Arc<Shared>, mut tcp: TcpStream, request: ClientRequest) {
 
 /// Resolves when the peer closes (anything it sends meanwhile is discarded).
 async fn client_gone(tcp: &TcpStream) {
-    let mut sink = [0u8; 256];
     loop {
-        if tcp.readable().await.is_err() {
+        if tcp.readable().await.is_err() || peer_closed(tcp) {
             return;
         }
+    }
+}
+
+/// Reads what is there without blocking; true on EOF or a socket error.
+pub(crate) fn peer_closed(tcp: &TcpStream) -> bool {
+    let mut sink = [0u8; 256];
+    loop {
         match tcp.try_read(&mut sink) {
-            Ok(0) => return,
+            Ok(0) => return true,
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
         }
     }
 }
@@ -124,7 +133,8 @@ async fn write_error_and_close(tcp: &mut TcpStream, e: &ApiError) {
 /// send a reset, which can destroy the answer before the client reads it.
 async fn linger(tcp: &mut TcpStream) {
     use tokio::io::AsyncReadExt;
-    let mut sink = [0u8; 4096];
+    // On the heap: a stack buffer here would enlarge every connection task.
+    let mut sink = vec![0u8; 4096];
     let mut budget: usize = 256 * 1024;
     let drain = async {
         while budget > 0 {
@@ -164,28 +174,12 @@ enum Head {
     Invalid,
 }
 
+/// Reads until the request head is complete. Kept free of large locals: its
+/// state is part of every connection task for the task's whole life.
 async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Head {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; 100];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let url = req.path.unwrap_or("/").to_owned();
-                let has_body = req.headers.iter().any(|h| {
-                    h.name.eq_ignore_ascii_case("transfer-encoding")
-                        || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
-                });
-                let request = ClientRequest::from_raw(url, req.headers.iter().map(|h| (h.name.as_bytes(), h.value)));
-                return Head::Complete(FirstRequest {
-                    method_get: req.method == Some("GET"),
-                    http11: req.version == Some(1),
-                    has_body,
-                    request,
-                });
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => return Head::TooLarge,
-            Err(_) => return Head::Invalid,
+        if let Some(head) = parse_head(buf) {
+            return head;
         }
         if buf.len() >= max {
             return Head::TooLarge;
@@ -203,6 +197,32 @@ async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> Head {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
             Err(_) => return Head::Closed,
         }
+    }
+}
+
+/// Parses a complete head (`None`: more bytes needed). The 100-header array
+/// lives on this synchronous frame only, never in a task.
+fn parse_head(buf: &[u8]) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {
+            let url = req.path.unwrap_or("/").to_owned();
+            let has_body = req.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("transfer-encoding")
+                    || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
+            });
+            let request = ClientRequest::from_raw(url, req.headers.iter().map(|h| (h.name.as_bytes(), h.value)));
+            Some(Head::Complete(FirstRequest {
+                method_get: req.method == Some("GET"),
+                http11: req.version == Some(1),
+                has_body,
+                request,
+            }))
+        }
+        Ok(httparse::Status::Partial) => None,
+        Err(httparse::Error::TooManyHeaders) => Some(Head::TooLarge),
+        Err(_) => Some(Head::Invalid),
     }
 }
 
@@ -255,6 +275,32 @@ impl AsyncWrite for Rewind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_connection_task_is_small() {
+        // Every open stream keeps its connection task (and this future) alive,
+        // so its size is paid once per stream.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let gw = crate::Gateway::new(crate::Config::default(), None);
+        let fut = serve(std::sync::Arc::clone(&gw.shared), server, peer, Listener::Public);
+        let size = std::mem::size_of_val(&fut);
+        // 4.7 KiB before the head parser's header array and the linger buffer
+        // were moved off the task; keep it well under 1 KiB.
+        assert!(size <= 1024, "connection future is {size} bytes");
+        drop(fut);
+        let (server, _) = {
+            let _c2 = TcpStream::connect(addr).await.unwrap();
+            listener.accept().await.unwrap()
+        };
+        let request = ClientRequest { url: "/".into(), headers: vec![] };
+        let stream_phase = raw(std::sync::Arc::clone(&gw.shared), server, request);
+        let size = std::mem::size_of_val(&stream_phase);
+        assert!(size <= 1024, "stream future is {size} bytes");
+        drop((stream_phase, client));
+    }
 
     #[test]
     fn gateway_routes_are_recognised() {

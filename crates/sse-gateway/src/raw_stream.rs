@@ -86,17 +86,10 @@ fn poll_stream(
     let queue = handle.queue();
     loop {
         // The client sends nothing after its request; readable means EOF (or junk to discard).
-        if let Poll::Ready(r) = tcp.poll_read_ready(cx) {
-            if r.is_err() {
-                return Poll::Ready(Stop::Gone);
-            }
-            let mut sink = [0u8; 256];
-            match tcp.try_read(&mut sink) {
-                Ok(0) => return Poll::Ready(Stop::Gone),
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(Stop::Gone),
-            }
+        if let Poll::Ready(r) = tcp.poll_read_ready(cx)
+            && (r.is_err() || crate::connection::peer_closed(tcp))
+        {
+            return Poll::Ready(Stop::Gone);
         }
         if out.is_empty() {
             if out.terminated {
@@ -154,10 +147,16 @@ impl Outgoing {
 
     fn start_chunk(&mut self) {
         let size: usize = self.frames.iter().map(Bytes::len).sum();
-        let line = format!("{size:x}\r\n");
-        self.head[..line.len()].copy_from_slice(line.as_bytes());
+        // `<size in hex>\r\n`, without allocating (this runs per delivery).
+        let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
+        for i in 0..digits {
+            let nibble = (size >> (4 * (digits - 1 - i))) & 0xf;
+            self.head[i] = b"0123456789abcdef"[nibble];
+        }
+        self.head[digits] = b'\r';
+        self.head[digits + 1] = b'\n';
         self.head_pos = 0;
-        self.head_len = line.len();
+        self.head_len = digits + 2;
         self.next = 0;
         self.tail = b"\r\n";
     }
@@ -243,6 +242,15 @@ mod tests {
             assert_eq!(written(&o), &all[cut..], "after writing {cut} bytes");
             o.advance(all.len() - cut);
             assert!(o.is_empty());
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_are_lower_case_hex() {
+        for size in [1usize, 9, 10, 15, 16, 255, 4096, 65535, 1 << 20] {
+            let mut out = Outgoing { frames: vec![Bytes::from(vec![b'x'; size])], ..Default::default() };
+            out.start_chunk();
+            assert_eq!(&out.head[..out.head_len], format!("{size:x}\r\n").as_bytes());
         }
     }
 
