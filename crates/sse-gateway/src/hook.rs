@@ -185,7 +185,9 @@ struct CallbackBody<'a> {
 impl HttpCallbackHook {
     /// A hook posting to `url` with the given timeout per callback.
     pub fn new(url: http::Uri, timeout: Duration) -> Arc<Self> {
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        // Idle pooled connections to the backend each keep hyper's buffers; a
+        // burst of connects must not leave hundreds of them behind.
+        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(32).build_http();
         Arc::new(Self { url, timeout, client })
     }
 

@@ -65,7 +65,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let internal = match config.internal_listen {
         Some(addr) => {
-            let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (internal)"))?;
+            let l = bind(addr).with_context(|| format!("cannot listen on {addr} (internal)"))?;
             Some(l)
         }
         None => None,
@@ -90,6 +90,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("sse-gateway listening on http://{addr}");
     gateway.serve(listener, internal).await;
     Ok(())
+}
+
+/// Binds with a deep accept backlog: the default (128) overflows when
+/// thousands of clients reconnect at once (after a drain or a deploy), and
+/// each overflowed client waits a 1 s SYN retry.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn wait_for_signal() {

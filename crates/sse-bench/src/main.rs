@@ -1,0 +1,111 @@
+//! `sse-bench`: load generator and benchmark runner for sse-gateway, with
+//! Nginx + Nchan as the comparison target.
+//!
+//! This file owns the command line, the fd limit and the runtime; each
+//! scenario lives in its own module. The load generator is meant to run on
+//! the same machine as the server (latency is measured against the same
+//! clock), over loopback only.
+//!
+//! Modules: `client` (raw HTTP/1.1 and SSE over TCP), `chunked` (chunked
+//! decoding), `fleet` (N client streams and what they receive), `payload`
+//! (the `{seq,ts}` payload), `target` (ours vs Nchan), `stats`
+//! (percentiles), `proc` (server RSS and CPU), `report` (progress and
+//! output), one module per scenario, and `compare` (the results table).
+
+mod backend;
+mod chunked;
+mod churn;
+mod client;
+mod compare;
+mod fanout;
+mod fleet;
+mod hold;
+mod payload;
+mod proc;
+mod report;
+mod send;
+mod stats;
+mod target;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::Dialer;
+use crate::report::emit;
+
+/// Load generator and benchmark runner for sse-gateway (and Nchan, to compare).
+#[derive(Debug, Parser)]
+#[command(name = "sse-bench", version)]
+struct Cli {
+    /// Print one JSON object with the results instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A callback backend for the gateway: accepts every stream, lists live tokens at GET /tokens.
+    Backend(backend::BackendArgs),
+    /// N idle streams; server RSS per stream.
+    Hold(hold::HoldArgs),
+    /// N streams, M broadcasts at R/s; delivery latency, losses, server CPU.
+    Fanout(fanout::FanoutArgs),
+    /// Token sends per second to /internal/send (our gateway only).
+    Send(send::SendArgs),
+    /// Connect, wait until open, close, repeat; connects per second.
+    Churn(churn::ChurnArgs),
+    /// Print the ours-vs-Nchan table of a results directory.
+    Compare(compare::CompareArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sse-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sse-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let dialer = Arc::new(Dialer::default());
+    match cli.command {
+        Command::Backend(args) => backend::run(args).await,
+        Command::Hold(args) => emit(&hold::run(args, dialer).await?, cli.json),
+        Command::Fanout(args) => emit(&fanout::run(args, dialer).await?, cli.json),
+        Command::Send(args) => emit(&send::run(args, dialer).await?, cli.json),
+        Command::Churn(args) => emit(&churn::run(args, dialer).await?, cli.json),
+        Command::Compare(args) => {
+            print!("{}", compare::table(&args.dir)?);
+            Ok(())
+        }
+    }
+}
+
+/// Every stream is a file descriptor: raise the soft limit to the hard limit.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                eprintln!("sse-bench: cannot raise the open-file limit to {}", lim.rlim_max);
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! Readings of processes and of the machine from `/proc`: resident memory
+//! (`VmRSS`) and CPU time (`utime + stime`, all threads) summed over the
+//! server's PIDs (Nginx's master and worker, or the gateway alone), the load
+//! generator's own CPU, and the whole machine's busy time, so a result shows
+//! when something else was competing for the two cores. Linux only, like the
+//! whole benchmark.
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+/// The processes being measured.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessProbe {
+    pids: Vec<u32>,
+}
+
+impl ProcessProbe {
+    /// A probe of `pids` (empty: every reading is `None`).
+    pub fn new(pids: Vec<u32>) -> Self {
+        Self { pids }
+    }
+
+    /// The PIDs measured.
+    pub fn pids(&self) -> &[u32] {
+        &self.pids
+    }
+
+    /// Summed `VmRSS` in KiB, or `None` without PIDs.
+    pub fn rss_kb(&self) -> anyhow::Result<Option<u64>> {
+        if self.pids.is_empty() {
+            return Ok(None);
+        }
+        self.pids.iter().map(|&pid| rss_kb(pid)).sum::<anyhow::Result<u64>>().map(Some)
+    }
+
+    fn cpu_ticks(&self) -> anyhow::Result<u64> {
+        self.pids.iter().map(|&pid| cpu_ticks(pid)).sum()
+    }
+}
+
+/// CPU used over a phase, as a share of its wall time.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuUse {
+    /// Percent of one core (200 % = both cores of a 2-core machine).
+    pub percent_of_one_core: f64,
+    pub cpu_secs: f64,
+    pub wall_secs: f64,
+}
+
+impl CpuUse {
+    fn new(ticks: u64, since: Instant) -> Self {
+        let cpu_secs = ticks as f64 / clock_ticks_per_sec() as f64;
+        let wall_secs = since.elapsed().as_secs_f64();
+        Self { percent_of_one_core: 100.0 * cpu_secs / wall_secs.max(1e-9), cpu_secs, wall_secs }
+    }
+}
+
+/// CPU over one phase of a scenario: server, load generator, whole machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseCpu {
+    /// The server's processes (`None` without `--server-pid`).
+    pub server: Option<CpuUse>,
+    /// This process.
+    pub load_generator: CpuUse,
+    /// Every CPU of the machine (busy = not idle, not waiting for I/O).
+    pub machine: CpuUse,
+    /// Machine minus server minus load generator, percent of one core:
+    /// anything else that ran meanwhile (kernel threads, and for our gateway
+    /// the callback backend). Near 0 on a quiet machine otherwise; large
+    /// values make the run suspect.
+    pub other_percent_of_one_core: Option<f64>,
+}
+
+impl PhaseCpu {
+    /// Summary lines.
+    pub fn lines(&self) -> String {
+        let mut s = String::new();
+        if let Some(cpu) = &self.server {
+            s.push_str(&format!(
+                "\nserver CPU: {:.1} % of one core ({:.2} s CPU over {:.2} s)",
+                cpu.percent_of_one_core, cpu.cpu_secs, cpu.wall_secs
+            ));
+        }
+        s.push_str(&format!(
+            "\nload generator CPU: {:.1} %; whole machine {:.1} % of one core",
+            self.load_generator.percent_of_one_core, self.machine.percent_of_one_core
+        ));
+        if let Some(other) = self.other_percent_of_one_core {
+            s.push_str(&format!(" (other processes: {other:.1} %)"));
+        }
+        s
+    }
+}
+
+/// Starts at the beginning of a phase; [`PhaseMeter::read`] at its end.
+#[derive(Debug)]
+pub struct PhaseMeter {
+    server: ProcessProbe,
+    server_ticks: Option<u64>,
+    own_ticks: u64,
+    machine_ticks: u64,
+    since: Instant,
+}
+
+impl PhaseMeter {
+    /// Takes the starting readings.
+    pub fn start(server: &ProcessProbe) -> anyhow::Result<Self> {
+        let server_ticks = if server.pids.is_empty() { None } else { Some(server.cpu_ticks()?) };
+        Ok(Self {
+            server: server.clone(),
+            server_ticks,
+            own_ticks: cpu_ticks(std::process::id())?,
+            machine_ticks: machine_busy_ticks()?,
+            since: Instant::now(),
+        })
+    }
+
+    /// CPU used since the start.
+    pub fn read(&self) -> anyhow::Result<PhaseCpu> {
+        let server = match self.server_ticks {
+            Some(start) => Some(CpuUse::new(self.server.cpu_ticks()?.saturating_sub(start), self.since)),
+            None => None,
+        };
+        let load_generator = CpuUse::new(cpu_ticks(std::process::id())?.saturating_sub(self.own_ticks), self.since);
+        let machine = CpuUse::new(machine_busy_ticks()?.saturating_sub(self.machine_ticks), self.since);
+        // Clamped: tick granularity can make the difference slightly negative.
+        let other_percent_of_one_core = server.as_ref().map(|s| {
+            (machine.percent_of_one_core - s.percent_of_one_core - load_generator.percent_of_one_core).max(0.0)
+        });
+        Ok(PhaseCpu { server, load_generator, machine, other_percent_of_one_core })
+    }
+}
+
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    parse_rss_kb(&status).with_context(|| format!("no VmRSS line in {path}"))
+}
+
+fn parse_rss_kb(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    match parse_cpu_ticks(&stat) {
+        Some(t) => Ok(t),
+        None => bail!("cannot read utime/stime from {path}"),
+    }
+}
+
+/// `utime + stime` (fields 14 and 15) of a `/proc/PID/stat` line; the command
+/// name (field 2) may contain spaces and parentheses, so count from the last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn machine_busy_ticks() -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    parse_machine_busy(&stat).context("no cpu line in /proc/stat")
+}
+
+/// Busy ticks of the `cpu` line: user, nice, system, irq, softirq, steal
+/// (guest time is already inside user).
+fn parse_machine_busy(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let field = |i: usize| v.get(i).copied().unwrap_or(0);
+    Some(field(0) + field(1) + field(2) + field(5) + field(6) + field(7))
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_rss_cpu_and_machine_fields() {
+        assert_eq!(parse_rss_kb("Name:\tx\nVmRSS:\t   12345 kB\nVmSwap: 0 kB\n"), Some(12345));
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 100 1000 200";
+        assert_eq!(parse_cpu_ticks(stat), Some(325));
+        let machine = "cpu  100 1 20 5000 7 2 3 4 0 0\ncpu0 50 0 10 2500 3 1 1 2 0 0\n";
+        assert_eq!(parse_machine_busy(machine), Some(130));
+    }
+
+    #[test]
+    fn this_process_and_machine_can_be_measured() {
+        let me = ProcessProbe::new(vec![std::process::id()]);
+        assert!(me.rss_kb().expect("readable").unwrap_or(0) > 0);
+        let phase = PhaseMeter::start(&me).expect("readable").read().expect("readable");
+        assert!(phase.server.is_some());
+        assert_eq!(ProcessProbe::default().rss_kb().expect("no pids"), None);
+    }
+}
