@@ -206,6 +206,11 @@ impl Metrics {
         self.bytes_written.inc_by(n as u64);
     }
 
+    /// The bytes-written counter itself (a shared handle), for socket writers.
+    pub fn bytes_counter(&self) -> Counter {
+        self.bytes_written.clone()
+    }
+
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -16,17 +16,17 @@
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::metrics::Metrics;
-use crate::stream::{Batch, StreamHandle};
+use crate::stream::StreamHandle;
 
 /// Most frames written in one chunk (the iovec array lives on the stack).
-const MAX_FRAMES: usize = 62;
+pub(crate) const MAX_FRAMES: usize = 62;
 
 const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
 content-type: text/event-stream\r\n\
@@ -51,101 +51,67 @@ pub(crate) async fn write_in_stream(tcp: &mut TcpStream, frame: &[u8], metrics: 
     }
 }
 
-/// How a stream's writer stopped.
-#[derive(Debug, PartialEq, Eq)]
-enum Stop {
-    /// The stream ended and the terminating chunk went out.
-    Ended,
-    /// The client went away or the socket failed.
-    Gone,
-    /// The queue said to drop the connection now (overflow while blocked, or the cut).
-    Abandoned,
-}
-
 /// Serves an accepted stream until it ends; dropping `handle` reports the end.
 pub(crate) async fn serve(mut tcp: TcpStream, handle: StreamHandle, metrics: &Metrics) {
     if tcp.write_all(SSE_HEAD).await.is_err() {
         return;
     }
     metrics.bytes_written(SSE_HEAD.len());
-    let mut out = Outgoing::default();
-    let stop = poll_fn(|cx| poll_stream(&tcp, &handle, &mut out, metrics, cx)).await;
-    if stop == Stop::Ended {
-        let _ = tcp.shutdown().await;
-    }
+    // From here on, every write to the socket happens under the queue's lock:
+    // by a publisher writing straight through when nothing is pending, or by
+    // this task draining what queued up meanwhile.
+    let sink = Arc::new(RawSink { tcp, bytes: metrics.bytes_counter() });
+    handle.queue().attach_sink(Arc::clone(&sink));
+    poll_fn(|cx| handle.queue().poll_raw(&sink, cx)).await;
+    // Dropping the handle detaches the sink (the queue is finished) and reports the end.
     drop(handle);
 }
 
-fn poll_stream(
-    tcp: &TcpStream,
-    handle: &StreamHandle,
-    out: &mut Outgoing,
-    metrics: &Metrics,
-    cx: &mut Context<'_>,
-) -> Poll<Stop> {
-    let queue = handle.queue();
-    loop {
-        // The client sends nothing after its request; readable means EOF (or junk to discard).
-        if let Poll::Ready(r) = tcp.poll_read_ready(cx)
-            && (r.is_err() || crate::connection::peer_closed(tcp))
-        {
-            return Poll::Ready(Stop::Gone);
-        }
-        if out.is_empty() {
-            if out.terminated {
-                return Poll::Ready(Stop::Ended);
-            }
-            match queue.take_batch(&mut out.frames, MAX_FRAMES, cx.waker()) {
-                Batch::Frames => out.start_chunk(),
-                Batch::Empty => return Poll::Pending,
-                Batch::End(_) => out.start_terminator(),
-                Batch::Abandon => return Poll::Ready(Stop::Abandoned),
-            }
-        }
-        match tcp.poll_write_ready(cx) {
-            Poll::Pending => {
-                // Blocked on a client that does not read: an overflow or the
-                // shutdown cut must still be able to end this stream.
-                queue.register(cx.waker());
-                if queue.overflowed() || queue.is_cut() {
-                    return Poll::Ready(Stop::Abandoned);
+/// The socket of a raw stream, shared by its writer task and direct publishers.
+#[derive(Debug)]
+pub(crate) struct RawSink {
+    pub(crate) tcp: TcpStream,
+    pub(crate) bytes: prometheus_client::metrics::counter::Counter,
+}
+
+impl RawSink {
+    /// Writes as much of `out` as the socket takes now; `Ok(true)` once all of it is out.
+    pub(crate) fn write(&self, out: &mut Outgoing) -> io::Result<bool> {
+        while !out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_FRAMES + 2];
+            let n = out.slices(&mut slices);
+            match self.tcp.try_write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    self.bytes.inc_by(written as u64);
+                    out.advance(written);
                 }
-                return Poll::Pending;
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
             }
-            Poll::Ready(Err(_)) => return Poll::Ready(Stop::Gone),
-            Poll::Ready(Ok(())) => {}
         }
-        let mut slices = [IoSlice::new(&[]); MAX_FRAMES + 2];
-        let n = out.slices(&mut slices);
-        match tcp.try_write_vectored(&slices[..n]) {
-            Ok(written) => {
-                metrics.bytes_written(written);
-                out.advance(written);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return Poll::Ready(Stop::Gone),
-        }
+        Ok(true)
     }
 }
 
 /// The bytes of the chunk being written: size line, frames, trailer.
-#[derive(Default)]
-struct Outgoing {
+#[derive(Debug, Default)]
+pub(crate) struct Outgoing {
     head: [u8; 18],
     head_pos: usize,
     head_len: usize,
-    frames: Vec<Bytes>,
+    pub(crate) frames: Vec<Bytes>,
     next: usize,
     tail: &'static [u8],
-    terminated: bool,
+    pub(crate) terminated: bool,
 }
 
 impl Outgoing {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.head_pos == self.head_len && self.next == self.frames.len() && self.tail.is_empty()
     }
 
-    fn start_chunk(&mut self) {
+    pub(crate) fn start_chunk(&mut self) {
         let size: usize = self.frames.iter().map(Bytes::len).sum();
         // `<size in hex>\r\n`, without allocating (this runs per delivery).
         let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
@@ -161,7 +127,7 @@ impl Outgoing {
         self.tail = b"\r\n";
     }
 
-    fn start_terminator(&mut self) {
+    pub(crate) fn start_terminator(&mut self) {
         self.frames.clear();
         self.next = 0;
         self.head_pos = 0;

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::hook::{ClientRequest, DisconnectReason};
+use crate::raw_stream::{Outgoing, RawSink};
 
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,21 @@ struct QueueState {
     closing: Option<DisconnectReason>,
     /// Stop at once, even mid-write (shutdown deadline).
     cut: bool,
+    /// Raw streams: the chunk being written to the socket (under this lock).
+    out: Outgoing,
+    /// A raw stream's socket, while its writer runs: lets `push` write through.
+    sink: Option<Arc<RawSink>>,
+}
+
+/// How a raw stream's writer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawStop {
+    /// The stream ended and the terminating chunk went out.
+    Ended,
+    /// The client went away or the socket failed.
+    Gone,
+    /// Dropped at once (overflow while the socket was blocked, or the shutdown cut).
+    Abandoned,
 }
 
 /// What a writer found in the queue.
@@ -96,10 +112,28 @@ impl StreamQueue {
     }
 
     /// Queues a frame. Fails if the stream is closing, or overflows it.
+    ///
+    /// On a raw stream with nothing pending, the frame is written to the
+    /// socket right here (one vectored write, no task wake-up); whatever the
+    /// socket does not take is left for the writer task, in order.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
         let mut st = self.lock();
         if let Some(reason) = st.closing {
             return Err(PushError::Closed(reason));
+        }
+        if let Some(sink) = st.sink.clone()
+            && st.items.is_empty()
+            && st.out.is_empty()
+        {
+            st.out.frames.push(frame);
+            st.out.start_chunk();
+            let done = sink.write(&mut st.out);
+            if !matches!(done, Ok(true)) {
+                // Blocked or failed: the writer task takes over (and sees the error).
+                drop(st);
+                self.waker.wake();
+            }
+            return Ok(());
         }
         if st.bytes + frame.len() > self.limit {
             st.items.clear();
@@ -181,6 +215,64 @@ impl StreamQueue {
         Batch::Frames
     }
 
+    /// Lets publishers write straight to this raw stream's socket.
+    pub(crate) fn attach_sink(&self, sink: Arc<RawSink>) {
+        self.lock().sink = Some(sink);
+    }
+
+    /// The raw stream's writer: drains the queue into the socket until the
+    /// stream ends, the client leaves, or the queue says to abandon it.
+    pub(crate) fn poll_raw(&self, sink: &RawSink, cx: &mut Context<'_>) -> Poll<RawStop> {
+        loop {
+            // The client sends nothing after its request; readable means EOF (or junk to discard).
+            if let Poll::Ready(r) = sink.tcp.poll_read_ready(cx)
+                && (r.is_err() || crate::connection::peer_closed(&sink.tcp))
+            {
+                return Poll::Ready(RawStop::Gone);
+            }
+            let mut st = self.lock();
+            if st.cut {
+                return Poll::Ready(RawStop::Abandoned);
+            }
+            if st.out.is_empty() {
+                if st.out.terminated {
+                    return Poll::Ready(RawStop::Ended);
+                }
+                if !st.items.is_empty() {
+                    let n = st.items.len().min(crate::raw_stream::MAX_FRAMES);
+                    for _ in 0..n {
+                        if let Some(b) = st.items.pop_front() {
+                            st.bytes -= b.len();
+                            st.out.frames.push(b);
+                        }
+                    }
+                    st.out.start_chunk();
+                } else if st.closing.is_some() {
+                    st.out.start_terminator();
+                } else {
+                    self.waker.register(cx.waker());
+                    return Poll::Pending;
+                }
+            }
+            match sink.tcp.poll_write_ready(cx) {
+                Poll::Pending => {
+                    // Blocked on a client that does not read: an overflow (or the
+                    // cut) must still be able to end this stream.
+                    self.waker.register(cx.waker());
+                    if st.closing == Some(DisconnectReason::Error) {
+                        return Poll::Ready(RawStop::Abandoned);
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(RawStop::Gone),
+                Poll::Ready(Ok(())) => {}
+            }
+            if sink.write(&mut st.out).is_err() {
+                return Poll::Ready(RawStop::Gone);
+            }
+        }
+    }
+
     /// Why the stream is ending, once it is.
     pub fn closing(&self) -> Option<DisconnectReason> {
         self.lock().closing
@@ -207,6 +299,7 @@ impl StreamQueue {
         let mut st = self.lock();
         st.items.clear();
         st.bytes = 0;
+        st.sink = None;
         *st.closing.get_or_insert(DisconnectReason::ClientClosed)
     }
 }
