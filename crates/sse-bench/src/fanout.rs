@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde::Serialize;
 
-use crate::client::{Dialer, Endpoint, HttpConn};
+use crate::client::{Dialer, Endpoint, HttpConn, Response};
 use crate::fleet::{Fleet, FleetSpec};
 use crate::payload;
 use crate::proc::{PhaseCpu, PhaseMeter, ProcessProbe};
@@ -25,12 +25,17 @@ use crate::target::Target;
 /// Options of `sse-bench fanout`.
 #[derive(Debug, clap::Args)]
 pub struct FanoutArgs {
-    /// Stream URL; `{i}` becomes the stream's index.
+    /// Stream URL; `{i}` becomes the stream's index. Comma-separated URLs
+    /// (several gateway instances) share the streams round robin.
     #[arg(long)]
     pub url: String,
-    /// Publish URL (ours: `http://127.0.0.1:INTERNAL_PORT/internal/publish`; nchan: `.../pub/broadcast`).
+    /// Publish URL (ours: `http://127.0.0.1:INTERNAL_PORT/internal/publish`; nchan: `.../pub/broadcast`;
+    /// or `amqp://...` to publish through RabbitMQ to the `--exchange` with key `broadcast`).
     #[arg(long)]
     pub publish: String,
+    /// Topic exchange for `amqp://` publishing (the gateways' `<prefix>.sse.events`).
+    #[arg(long, default_value = "sse.events")]
+    pub exchange: String,
     #[arg(long, value_enum, default_value = "ours")]
     pub target: Target,
     #[arg(long, default_value_t = 1000)]
@@ -137,6 +142,46 @@ impl Report for FanoutReport {
     }
 }
 
+/// Where broadcasts go: the server's HTTP publish endpoint, or RabbitMQ.
+enum Publisher {
+    Http(HttpConn, Target),
+    Amqp { channel: lapin::Channel, exchange: String, _conn: Box<lapin::Connection> },
+}
+
+impl Publisher {
+    async fn connect(args: &FanoutArgs) -> anyhow::Result<Publisher> {
+        if !args.publish.starts_with("amqp://") {
+            return Ok(Publisher::Http(HttpConn::new(Endpoint::parse(&args.publish)?), args.target));
+        }
+        let conn = lapin::Connection::connect(&args.publish, lapin::ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await?;
+        Ok(Publisher::Amqp { channel, exchange: args.exchange.clone(), _conn: Box::new(conn) })
+    }
+
+    /// Publishes one payload; the answer mimics an HTTP one (status, body).
+    async fn publish(&mut self, dialer: &Dialer, payload: &str) -> anyhow::Result<Response> {
+        match self {
+            Publisher::Http(conn, target) => conn.request_default(dialer, "POST", &target.publish_body(payload)).await,
+            Publisher::Amqp { channel, exchange, .. } => {
+                let body = serde_json::json!({"event": crate::target::EVENT_NAME, "data": payload}).to_string();
+                // Waits for the broker's confirm: the round trip is publish-to-broker.
+                channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        crate::target::BROADCAST_KEY.into(),
+                        lapin::options::BasicPublishOptions::default(),
+                        body.as_bytes(),
+                        lapin::BasicProperties::default(),
+                    )
+                    .await?
+                    .await?;
+                Ok(Response { status: 200, body: Vec::new() })
+            }
+        }
+    }
+}
+
 /// Runs `fanout`.
 pub async fn run(args: FanoutArgs, dialer: Arc<Dialer>) -> anyhow::Result<FanoutReport> {
     if !(args.rate > 0.0 && args.rate.is_finite()) {
@@ -144,9 +189,9 @@ pub async fn run(args: FanoutArgs, dialer: Arc<Dialer>) -> anyhow::Result<Fanout
     }
     let count = usize::try_from(args.count)?;
     let probe = ProcessProbe::new(args.server_pids.clone());
-    let publish_endpoint = Endpoint::parse(&args.publish)?;
+    let mut publisher = Publisher::connect(&args).await?;
     let spec = FleetSpec {
-        endpoint: Endpoint::parse(&args.url)?,
+        endpoints: args.url.split(',').map(|u| Endpoint::parse(u.trim())).collect::<anyhow::Result<_>>()?,
         target: args.target,
         streams: args.streams,
         connect_concurrency: args.connect_concurrency,
@@ -171,7 +216,6 @@ pub async fn run(args: FanoutArgs, dialer: Arc<Dialer>) -> anyhow::Result<Fanout
     let sent = Arc::new(AtomicU64::new(0));
     let meter = PhaseMeter::start(&probe)?;
     let started = Instant::now();
-    let mut conn = HttpConn::new(publish_endpoint);
     {
         let (c, sent_so_far) = (Arc::clone(&counters), Arc::clone(&sent));
         let _progress = Progress::start("fanout", move || {
@@ -186,9 +230,8 @@ pub async fn run(args: FanoutArgs, dialer: Arc<Dialer>) -> anyhow::Result<Fanout
         for seq in 0..args.count {
             let due = started + Duration::from_secs_f64(seq as f64 / args.rate);
             tokio::time::sleep_until(due.into()).await;
-            let body = args.target.publish_body(&payload::encode(seq, payload::now_micros()));
             let t = Instant::now();
-            let answer = conn.request_default(&dialer, "POST", &body).await;
+            let answer = publisher.publish(&dialer, &payload::encode(seq, payload::now_micros())).await;
             let rtt = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
             sent.fetch_add(1, Ordering::Relaxed);
             match answer {

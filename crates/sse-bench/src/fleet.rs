@@ -27,7 +27,9 @@ use crate::target::Target;
 #[derive(Debug, Clone)]
 pub struct FleetSpec {
     /// Stream URL; `{i}` in it becomes the stream's index.
-    pub endpoint: Endpoint,
+    /// Where streams open; stream `i` uses `endpoints[i % len]` (several
+    /// gateway instances share the fleet round robin).
+    pub endpoints: Vec<Endpoint>,
     pub target: Target,
     pub streams: usize,
     /// Streams being opened at once (connect + head + `ready`).
@@ -364,7 +366,8 @@ async fn run_stream(i: u64, shared: Arc<Shared>) -> StreamOutcome {
 /// Opens stream `i` and waits until it is live; returns it with the frames
 /// that came after the `ready` event in the same read.
 async fn open_ready(shared: &Shared, i: u64) -> anyhow::Result<(SseStream, Batch)> {
-    let endpoint = &shared.spec.endpoint;
+    let endpoints = &shared.spec.endpoints;
+    let endpoint = &endpoints[(i as usize) % endpoints.len().max(1)];
     open_until_ready(&shared.dialer, endpoint, &endpoint.path_for(i), shared.spec.target).await
 }
 

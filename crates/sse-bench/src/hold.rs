@@ -93,7 +93,7 @@ pub async fn run(args: HoldArgs, dialer: Arc<Dialer>) -> anyhow::Result<HoldRepo
     let probe = ProcessProbe::new(args.server_pids.clone());
     let baseline = probe.rss_kb()?;
     let spec = FleetSpec {
-        endpoint: Endpoint::parse(&args.url)?,
+        endpoints: vec![Endpoint::parse(&args.url)?],
         target: args.target,
         streams: args.streams,
         connect_concurrency: args.connect_concurrency,

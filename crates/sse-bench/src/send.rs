@@ -134,7 +134,7 @@ pub async fn run(args: SendArgs, dialer: Arc<Dialer>) -> anyhow::Result<SendRepo
     let send_endpoint = Endpoint::parse(&args.publish_url)?;
     let backend = Endpoint::parse(&args.backend_url)?;
     let spec = FleetSpec {
-        endpoint: Endpoint::parse(&args.url)?,
+        endpoints: vec![Endpoint::parse(&args.url)?],
         target: Target::Ours,
         streams: args.streams,
         connect_concurrency: args.connect_concurrency,

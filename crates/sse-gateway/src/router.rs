@@ -118,6 +118,36 @@ pub struct Published {
     pub hold_dropped: usize,
 }
 
+/// Fan-outs to at least this many streams are split over two threads.
+const PARALLEL_FANOUT: usize = 512;
+
+/// Pushes one shared frame to each queue (then closes them if asked).
+/// Streams already closing are skipped and not counted.
+fn deliver_each<'a>(
+    queues: impl Iterator<Item = &'a Arc<StreamQueue>>,
+    frame: Option<&Bytes>,
+    close: bool,
+    result: &mut Published,
+) {
+    for queue in queues {
+        if let Some(f) = frame {
+            match queue.push(f.clone()) {
+                Ok(()) => {}
+                Err(PushError::Overflow) => {
+                    result.matched += 1;
+                    result.overflowed += 1;
+                    continue;
+                }
+                Err(PushError::Closed(_)) => continue,
+            }
+        }
+        if close && !queue.close(None, DisconnectReason::ServerClosed) && frame.is_none() {
+            continue;
+        }
+        result.matched += 1;
+    }
+}
+
 /// Routing keys a removed stream (or an expired hold) no longer needs.
 pub type Released = Vec<Box<str>>;
 
@@ -236,22 +266,30 @@ impl Router {
             return result;
         }
         let Some(streams) = st.keys.get(key) else { return result };
-        for queue in streams.values() {
-            if let Some(f) = frame {
-                match queue.push(f.clone()) {
-                    Ok(()) => {}
-                    Err(PushError::Overflow) => {
-                        result.matched += 1;
-                        result.overflowed += 1;
-                        continue;
-                    }
-                    Err(PushError::Closed(_)) => continue,
-                }
+        if streams.len() < PARALLEL_FANOUT {
+            deliver_each(streams.values(), frame, close, &mut result);
+            return result;
+        }
+        // A big fan-out is mostly kernel time (one socket write per stream):
+        // split it with a second thread so both cores take part.
+        let queues: Vec<&Arc<StreamQueue>> = streams.values().collect();
+        let (first, second) = queues.split_at(queues.len() / 2);
+        let other = std::thread::scope(|scope| {
+            let helper = scope.spawn(|| {
+                let mut r = Published::default();
+                deliver_each(second.iter().copied(), frame, close, &mut r);
+                r
+            });
+            deliver_each(first.iter().copied(), frame, close, &mut result);
+            helper.join()
+        });
+        match other {
+            Ok(r) => {
+                result.matched += r.matched;
+                result.overflowed += r.overflowed;
             }
-            if close && !queue.close(None, DisconnectReason::ServerClosed) && frame.is_none() {
-                continue;
-            }
-            result.matched += 1;
+            // The helper only pushes to queues; it cannot panic short of a bug.
+            Err(_) => tracing::error!(key, "fan-out helper thread panicked"),
         }
         result
     }
@@ -544,6 +582,19 @@ mod tests {
         out.clear();
         b.take_batch(&mut out, 64, std::task::Waker::noop());
         assert_eq!(out.len(), 2, "ready + one broadcast (duplicate binding ignored)");
+    }
+
+    #[test]
+    fn a_large_fan_out_split_over_two_threads_reaches_every_stream_once() {
+        let r = Router::new(1000, 2000, Duration::ZERO);
+        let queues: Vec<_> = (0..PARALLEL_FANOUT + 1).map(|_| open(&r, &["broadcast"]).1).collect();
+        let frame = Bytes::from_static(b"data: x\n\n");
+        assert_eq!(r.publish("broadcast", Some(&frame), false).matched, PARALLEL_FANOUT + 1);
+        for q in &queues {
+            let mut out = Vec::new();
+            q.take_batch(&mut out, 64, std::task::Waker::noop());
+            assert_eq!(out, vec![READY, frame.clone()]);
+        }
     }
 
     #[test]
