@@ -118,8 +118,9 @@ pub struct Published {
     pub hold_dropped: usize,
 }
 
-/// Fan-outs to at least this many streams are split over two threads.
-const PARALLEL_FANOUT: usize = 512;
+/// Publishes to at most this many streams write through to idle sockets
+/// inline; bigger ones wake the writer tasks (see `StreamQueue::push_with`).
+const WRITE_THROUGH_MAX: usize = 64;
 
 /// Pushes one shared frame to each queue (then closes them if asked).
 /// Streams already closing are skipped and not counted.
@@ -127,11 +128,12 @@ fn deliver_each<'a>(
     queues: impl Iterator<Item = &'a Arc<StreamQueue>>,
     frame: Option<&Bytes>,
     close: bool,
+    write_through: bool,
     result: &mut Published,
 ) {
     for queue in queues {
         if let Some(f) = frame {
-            match queue.push(f.clone()) {
+            match queue.push_with(f.clone(), write_through) {
                 Ok(()) => {}
                 Err(PushError::Overflow) => {
                     result.matched += 1;
@@ -240,7 +242,7 @@ impl Router {
             Some(_) => return SendOutcome::NotFound,
         }
         if let Some(f) = frame {
-            match queue.push(f) {
+            match queue.push_with(f, true) {
                 Ok(()) => {}
                 Err(PushError::Overflow) => return SendOutcome::Overflow,
                 Err(PushError::Closed(DisconnectReason::Error)) => return SendOutcome::WriteFailed,
@@ -266,31 +268,8 @@ impl Router {
             return result;
         }
         let Some(streams) = st.keys.get(key) else { return result };
-        if streams.len() < PARALLEL_FANOUT {
-            deliver_each(streams.values(), frame, close, &mut result);
-            return result;
-        }
-        // A big fan-out is mostly kernel time (one socket write per stream):
-        // split it with a second thread so both cores take part.
-        let queues: Vec<&Arc<StreamQueue>> = streams.values().collect();
-        let (first, second) = queues.split_at(queues.len() / 2);
-        let other = std::thread::scope(|scope| {
-            let helper = scope.spawn(|| {
-                let mut r = Published::default();
-                deliver_each(second.iter().copied(), frame, close, &mut r);
-                r
-            });
-            deliver_each(first.iter().copied(), frame, close, &mut result);
-            helper.join()
-        });
-        match other {
-            Ok(r) => {
-                result.matched += r.matched;
-                result.overflowed += r.overflowed;
-            }
-            // The helper only pushes to queues; it cannot panic short of a bug.
-            Err(_) => tracing::error!(key, "fan-out helper thread panicked"),
-        }
+        let write_through = streams.len() <= WRITE_THROUGH_MAX;
+        deliver_each(streams.values(), frame, close, write_through, &mut result);
         result
     }
 
@@ -585,11 +564,11 @@ mod tests {
     }
 
     #[test]
-    fn a_large_fan_out_split_over_two_threads_reaches_every_stream_once() {
+    fn a_large_fan_out_reaches_every_stream_once() {
         let r = Router::new(1000, 2000, Duration::ZERO);
-        let queues: Vec<_> = (0..PARALLEL_FANOUT + 1).map(|_| open(&r, &["broadcast"]).1).collect();
+        let queues: Vec<_> = (0..WRITE_THROUGH_MAX + 1).map(|_| open(&r, &["broadcast"]).1).collect();
         let frame = Bytes::from_static(b"data: x\n\n");
-        assert_eq!(r.publish("broadcast", Some(&frame), false).matched, PARALLEL_FANOUT + 1);
+        assert_eq!(r.publish("broadcast", Some(&frame), false).matched, WRITE_THROUGH_MAX + 1);
         for q in &queues {
             let mut out = Vec::new();
             q.take_batch(&mut out, 64, std::task::Waker::noop());

@@ -111,17 +111,25 @@ impl StreamQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a frame. Fails if the stream is closing, or overflows it.
-    ///
-    /// On a raw stream with nothing pending, the frame is written to the
-    /// socket right here (one vectored write, no task wake-up); whatever the
-    /// socket does not take is left for the writer task, in order.
+    /// Queues a frame for the stream's writer task. Fails if the stream is
+    /// closing, or overflows it.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        self.push_with(frame, false)
+    }
+
+    /// Like [`StreamQueue::push`]; with `write_through`, a raw stream with
+    /// nothing pending gets the frame written to its socket right here (one
+    /// vectored write, no task wake-up), and whatever the socket does not take
+    /// is left for the writer task, in order. Worth it for one stream or a
+    /// few; a broadcast instead wakes the writers, which run on every core
+    /// and batch what piles up under load.
+    pub fn push_with(&self, frame: Bytes, write_through: bool) -> Result<(), PushError> {
         let mut st = self.lock();
         if let Some(reason) = st.closing {
             return Err(PushError::Closed(reason));
         }
-        if let Some(sink) = st.sink.clone()
+        if write_through
+            && let Some(sink) = st.sink.clone()
             && st.items.is_empty()
             && st.out.is_empty()
         {
