@@ -43,7 +43,7 @@ impl Process {
         let sink = Arc::clone(&stderr);
         let new_line = Arc::new(tokio::sync::Notify::new());
         let notify = Arc::clone(&new_line);
-        tokio::spawn(async move {
+        let err_reader = tokio::spawn(async move {
             let mut lines = BufReader::new(err_pipe).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 sink.lock().unwrap().push(line);
@@ -52,18 +52,23 @@ impl Process {
         });
         let out = child.stdout.take().expect("stdout piped");
         let mut lines = BufReader::new(out).lines();
-        let (addr, internal) = within("the process to print its listening address", async {
+        let found = within("the process to print its listening address", async {
             let mut internal = None;
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(rest) = line.split("internal listener on http://").nth(1) {
                     internal = Some(rest.trim().parse::<SocketAddr>().expect("address after 'internal listener on'"));
                 } else if let Some(rest) = line.split("listening on http://").nth(1) {
-                    return (rest.trim().parse::<SocketAddr>().expect("address after 'listening on'"), internal);
+                    return Some((rest.trim().parse::<SocketAddr>().expect("address after 'listening on'"), internal));
                 }
             }
-            panic!("process exited before listening");
+            None
         })
         .await;
+        let Some((addr, internal)) = found else {
+            // The process exited: show what it said (its stderr ends with it).
+            let _ = within("the exited process's stderr", err_reader).await;
+            panic!("{bin} exited before listening; stderr:\n{}", stderr.lock().unwrap().join("\n"));
+        };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Process { child, addr, internal, stderr, new_line }
     }
