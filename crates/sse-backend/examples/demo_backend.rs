@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use sse_backend::broadcaster::Event;
 use sse_backend::config::BackendConfig;
 use sse_backend::identity::IdentityResolver;
-use sse_backend::lifecycle::{Lifecycle, LifecycleEvent};
+use sse_backend::lifecycle::Lifecycle;
 use sse_backend::subscriptions::Subscriptions;
 use sse_backend::tasks::{TaskFailure, TaskService, task_fn};
 use sse_backend::version::VersionService;
@@ -61,26 +61,7 @@ impl Demo {
         let version = VersionService::new(config.version.clone(), manager.clone());
         let subscriptions = Subscriptions::new(manager.clone());
         let lifecycle = Lifecycle::new(config.graceful_shutdown_timeout, metrics);
-        {
-            let (t, v, s) = (tasks.clone(), version.clone(), subscriptions.clone());
-            lifecycle.register_listener(move |e| match e {
-                LifecycleEvent::PrepareShutdown => {
-                    t.prepare_shutdown();
-                    v.prepare_shutdown();
-                    s.prepare_shutdown();
-                }
-                LifecycleEvent::Shutdown => {
-                    t.shutdown();
-                    v.shutdown();
-                }
-                _ => {}
-            });
-            let t = tasks.clone();
-            lifecycle.register_waiter("tasks", move |left| {
-                let t = t.clone();
-                async move { t.wait_idle(left).await }
-            });
-        }
+        lifecycle.manage_services(&tasks, &version, &subscriptions);
         lifecycle.fire_startup();
         let demo = Demo {
             manager,

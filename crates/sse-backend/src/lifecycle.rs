@@ -92,6 +92,35 @@ impl Lifecycle {
         self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).push((name.to_owned(), w));
     }
 
+    /// Wires the toolkit's services into the phases: prepare-shutdown makes
+    /// each refuse new work, shutdown stops tasks and version fetches, and the
+    /// shutdown waits (within the graceful timeout) for running tasks.
+    pub fn manage_services(
+        &self,
+        tasks: &crate::tasks::TaskService,
+        version: &crate::version::VersionService,
+        subscriptions: &crate::subscriptions::Subscriptions,
+    ) {
+        let (t, v, s) = (tasks.clone(), version.clone(), subscriptions.clone());
+        self.register_listener(move |e| match e {
+            LifecycleEvent::PrepareShutdown => {
+                t.prepare_shutdown();
+                v.prepare_shutdown();
+                s.prepare_shutdown();
+            }
+            LifecycleEvent::Shutdown => {
+                t.shutdown();
+                v.shutdown();
+            }
+            _ => {}
+        });
+        let t = tasks.clone();
+        self.register_waiter("tasks", move |left| {
+            let t = t.clone();
+            async move { t.wait_idle(left).await }
+        });
+    }
+
     fn fire(&self, event: LifecycleEvent) {
         let list = self.listeners().clone();
         for l in list {

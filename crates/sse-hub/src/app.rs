@@ -190,27 +190,13 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
     tracing::info!(file = %leases.lease_file().display(), leases = leases.leases().len(), "lease file loaded");
 
     let lifecycle = Lifecycle::new(Duration::from_secs(cfg.graceful_shutdown_timeout), backend_metrics);
-    {
-        let (t, v, s, r) = (tasks.clone(), version.clone(), subscriptions.clone(), rotation.clone());
-        lifecycle.register_listener(move |e| match e {
-            LifecycleEvent::PrepareShutdown => {
-                t.prepare_shutdown();
-                v.prepare_shutdown();
-                s.prepare_shutdown();
-                r.prepare_shutdown();
-            }
-            LifecycleEvent::Shutdown => {
-                t.shutdown();
-                v.shutdown();
-            }
-            _ => {}
-        });
-        let t = tasks.clone();
-        lifecycle.register_waiter("tasks", move |left| {
-            let t = t.clone();
-            async move { t.wait_idle(left).await }
-        });
-    }
+    lifecycle.manage_services(&tasks, &version, &subscriptions);
+    let r = rotation.clone();
+    lifecycle.register_listener(move |e| {
+        if e == LifecycleEvent::PrepareShutdown {
+            r.prepare_shutdown();
+        }
+    });
     lifecycle.fire_startup();
 
     let stop = CancellationToken::new();

@@ -231,14 +231,22 @@ fn parse_body(body: &Bytes) -> Result<SubscribeBody, RequestError> {
     Ok(b)
 }
 
+/// The body and the caller's subject of a subscribe/unsubscribe request,
+/// or the error answer.
+async fn subscription_request(
+    svc: &DeviceLogs,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(SubscribeBody, Option<String>), Response> {
+    let b = parse_body(body).map_err(IntoResponse::into_response)?;
+    let caller = caller_subject(&svc.identity, headers).await.map_err(IntoResponse::into_response)?;
+    Ok((b, caller))
+}
+
 async fn subscribe_route(State(svc): State<DeviceLogs>, headers: HeaderMap, body: Bytes) -> Response {
-    let b = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r.into_response(),
-    };
-    let caller = match caller_subject(&svc.identity, &headers).await {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
+    let (b, caller) = match subscription_request(&svc, &headers, &body).await {
+        Ok(r) => r,
+        Err(r) => return r,
     };
     match svc.subscriptions.subscribe(&b.request_id, &b.device_entity_id, caller.as_deref()) {
         Ok(()) => Json(json!({"status": "subscribed", "device_entity_id": b.device_entity_id})).into_response(),
@@ -247,13 +255,9 @@ async fn subscribe_route(State(svc): State<DeviceLogs>, headers: HeaderMap, body
 }
 
 async fn unsubscribe_route(State(svc): State<DeviceLogs>, headers: HeaderMap, body: Bytes) -> Response {
-    let b = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r.into_response(),
-    };
-    let caller = match caller_subject(&svc.identity, &headers).await {
-        Ok(c) => c,
-        Err(r) => return r.into_response(),
+    let (b, caller) = match subscription_request(&svc, &headers, &body).await {
+        Ok(r) => r,
+        Err(r) => return r,
     };
     match svc.subscriptions.unsubscribe(&b.request_id, &b.device_entity_id, caller.as_deref()) {
         Ok(()) => Json(json!({"status": "unsubscribed"})).into_response(),
