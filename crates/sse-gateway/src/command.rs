@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::keys::{MAX_KEY_BYTES, is_valid_key};
 
 /// A validated send: target token, the encoded event (if any), and `close`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,9 +45,6 @@ pub struct PublishCommand {
     /// End the matched streams after writing.
     pub close: bool,
 }
-
-/// Largest routing key accepted (AMQP's limit, so keys work with a broker too).
-pub const MAX_KEY_BYTES: usize = 255;
 
 impl PublishCommand {
     /// Validates a `/internal/publish` body: one message, or `{"messages":[...]}`.
@@ -87,11 +85,6 @@ impl PublishCommand {
         let (frame, close) = event_and_close(obj)?;
         Ok(Self { key: key.to_owned(), frame, close })
     }
-}
-
-/// A routing key: 1-255 bytes, no whitespace or control characters.
-pub fn is_valid_key(key: &str) -> bool {
-    !key.is_empty() && key.len() <= MAX_KEY_BYTES && !key.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 static EMPTY: std::sync::LazyLock<serde_json::Map<String, Value>> = std::sync::LazyLock::new(serde_json::Map::new);

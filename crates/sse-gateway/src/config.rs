@@ -1,17 +1,78 @@
-//! Gateway configuration: one typed struct, read from SSEGateway's environment
-//! variables and overridden by equivalent command-line flags.
+//! Gateway configuration: one typed struct, read through an injectable
+//! lookup (environment-variable names, as SSEGateway's).
 //!
-//! Nothing else in the crate reads the environment: [`Config::from_sources`]
-//! takes a lookup function, so tests inject values without touching the
-//! process environment.
+//! [`SETTINGS`] is the one place each setting is named, defaulted and
+//! described: [`Config::from_lookup`] applies a setting's default when the
+//! lookup has no value, and the binary builds its command-line flags and
+//! `--help` from the same table (clap lives only in the binary). Nothing in
+//! the library reads the process environment, so tests inject values.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use clap::Parser;
+/// One setting as documented: its environment variable, its flag, its
+/// default (text, parsed by the same rules as a given value) and its help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// Environment variable, e.g. `PORT`; also the key passed to the lookup.
+    pub env: &'static str,
+    /// Long flag without dashes, e.g. `port`.
+    pub flag: &'static str,
+    /// Default as text (`None`: unset), shown in `--help`.
+    pub default: Option<&'static str>,
+    /// One line for `--help`.
+    pub help: &'static str,
+}
 
-/// Default heartbeat period (SSEGateway: 15 s).
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+impl Setting {
+    /// The value the lookup gives (blank counts as unset), else the default.
+    pub fn value(&self, lookup: &impl Fn(&str) -> Option<String>) -> Option<String> {
+        lookup(self.env).filter(|v| !v.trim().is_empty()).or_else(|| self.default.map(str::to_owned))
+    }
+}
+
+macro_rules! settings {
+    ($($name:ident = $env:literal, $flag:literal, $default:expr, $help:literal;)*) => {
+        $(
+            #[doc = $help]
+            pub const $name: Setting = Setting { env: $env, flag: $flag, default: $default, help: $help };
+        )*
+        /// Every setting of the gateway, in `--help` order.
+        pub const SETTINGS: &[Setting] = &[$($name),*];
+    };
+}
+
+/// The gateway's settings, one constant each.
+pub mod settings {
+    use super::Setting;
+
+    settings! {
+        PORT = "PORT", "port", Some("3000"), "Listen port on all interfaces, 1-65535";
+        LISTEN_ADDR = "LISTEN_ADDR", "listen", None, "Listen address ip:port, overrides PORT; port 0 picks a free port (printed on stdout)";
+        CALLBACK_URL = "CALLBACK_URL", "callback-url", None, "Backend callback URL (http://), used verbatim; unset: streams are answered 503";
+        HEARTBEAT_INTERVAL_SECONDS = "HEARTBEAT_INTERVAL_SECONDS", "heartbeat-interval-seconds", Some("15"), "Period of the `: heartbeat` comment in seconds; an invalid value warns and uses 15";
+        CALLBACK_TIMEOUT_MS = "CALLBACK_TIMEOUT_MS", "callback-timeout-ms", Some("5000"), "Connect/disconnect callback timeout in milliseconds";
+        MAX_BODY_BYTES = "MAX_BODY_BYTES", "max-body-bytes", Some("1048576"), "Largest /internal/send and /internal/publish body in bytes (larger: 413)";
+        STREAM_QUEUE_BYTES = "STREAM_QUEUE_BYTES", "stream-queue-bytes", Some("1048576"), "Bytes that may wait for one slow client before its stream is closed";
+        SHUTDOWN_TIMEOUT_SECONDS = "SHUTDOWN_TIMEOUT_SECONDS", "shutdown-timeout-seconds", Some("10"), "Graceful drain deadline in seconds; connections still open then are cut";
+        DEFAULT_BINDINGS = "DEFAULT_BINDINGS", "default-bindings", None, "Routing keys for streams whose connect answer has no bindings, comma-separated; {request_id} is substituted";
+        INTERNAL_PORT = "INTERNAL_PORT", "internal-port", None, "Port of the internal listener on 127.0.0.1 (/internal/*, /metrics)";
+        INTERNAL_LISTEN = "INTERNAL_LISTEN", "internal-listen", None, "Internal listener address ip:port, overrides INTERNAL_PORT; port 0 picks a free port";
+        INTERNAL_API_SECRET = "INTERNAL_API_SECRET", "internal-api-secret", None, "Bearer secret that unlocks /internal/publish and /metrics on the public port";
+        MAX_CONNECTIONS = "MAX_CONNECTIONS", "max-connections", Some("50000"), "Most streams at once; beyond it a new stream gets a retry hint and ends";
+        MAX_HEADER_BYTES = "MAX_HEADER_BYTES", "max-header-bytes", Some("16384"), "Largest request head in bytes (larger: 431); at least 1024";
+        RABBITMQ_URL = "RABBITMQ_URL", "rabbitmq-url", None, "AMQP URL; enables the RabbitMQ ingress (scale-out)";
+        RABBITMQ_QUEUE_TTL_MS = "RABBITMQ_QUEUE_TTL_MS", "rabbitmq-queue-ttl-ms", Some("300000"), "With RabbitMQ: how long events for a request_id whose client left unexpectedly are held, ms";
+        RABBITMQ_ENV_PREFIX = "RABBITMQ_ENV_PREFIX", "rabbitmq-env-prefix", None, "Exchange name prefix: <prefix>.sse.events (unset: sse.events)";
+        RABBITMQ_ENV_AUTO_DELETE = "RABBITMQ_ENV_AUTO_DELETE", "rabbitmq-env-auto-delete", Some("false"), "true: the exchange is auto-delete and non-durable (tests)";
+        RABBITMQ_INSTANCE_ID = "RABBITMQ_INSTANCE_ID", "rabbitmq-instance-id", None, "Name of this instance in its queue name <exchange>.gw.<id> (unset: $HOSTNAME-<random>)";
+        RESUME_TTL_MS = "RESUME_TTL_MS", "resume-ttl-ms", None, "Hold events for connection.<request_id> this long after an unexpected disconnect, ms; 0 = off (unset: 0, or RABBITMQ_QUEUE_TTL_MS with RabbitMQ)";
+    }
+}
+
+use settings as s;
+
+pub use settings::SETTINGS;
 
 /// The gateway's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +85,7 @@ pub struct Config {
     pub callback_timeout: Duration,
     /// Period of the `: heartbeat` comment.
     pub heartbeat_interval: Duration,
-    /// Largest accepted `/internal/send` body.
+    /// Largest accepted `/internal/send` or `/internal/publish` body.
     pub max_body_bytes: usize,
     /// Bytes that may wait in one stream's queue before it is closed as a slow consumer.
     pub stream_queue_bytes: usize,
@@ -54,7 +115,7 @@ pub struct Config {
 pub struct AmqpConfig {
     /// `RABBITMQ_URL`.
     pub url: String,
-    /// `RABBITMQ_QUEUE_TTL_MS`: also the default resume TTL in AMQP mode.
+    /// `RABBITMQ_QUEUE_TTL_MS`: the default resume TTL in AMQP mode.
     pub queue_ttl: Duration,
     /// Exchange name: `<RABBITMQ_ENV_PREFIX>.sse.events`, or `sse.events`.
     pub exchange: String,
@@ -64,53 +125,38 @@ pub struct AmqpConfig {
     pub queue: String,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 3000),
-            callback_url: None,
-            callback_timeout: Duration::from_secs(5),
-            heartbeat_interval: DEFAULT_HEARTBEAT,
-            max_body_bytes: 1024 * 1024,
-            stream_queue_bytes: 1024 * 1024,
-            shutdown_timeout: Duration::from_secs(10),
-            default_bindings: Vec::new(),
-            internal_listen: None,
-            internal_api_secret: None,
-            max_connections: 50_000,
-            max_header_bytes: 16 * 1024,
-            resume_ttl: Duration::ZERO,
-            amqp: None,
-        }
-    }
-}
-
 /// A setting that cannot be used; the gateway refuses to start.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    /// `PORT` is not an integer in 1..=65535.
-    #[error("invalid PORT {0:?}: expected an integer between 1 and 65535")]
-    Port(String),
-    /// `LISTEN_ADDR` is not `ip:port`.
-    #[error("invalid LISTEN_ADDR {0:?}: expected ip:port, e.g. 127.0.0.1:3000")]
-    Listen(String),
-    /// `CALLBACK_URL` is not an http URL this build can call.
-    #[error("invalid CALLBACK_URL {0:?}: expected an absolute http:// URL")]
-    CallbackUrl(String),
-    /// A numeric limit is not a positive integer.
-    #[error("invalid {name} {value:?}: expected a positive integer")]
-    Number {
+    /// `PORT` or `INTERNAL_PORT` is not an integer in 1..=65535.
+    #[error("invalid {name} {value:?}: expected an integer between 1 and 65535")]
+    Port {
         /// The variable's name.
         name: &'static str,
         /// The value given.
         value: String,
     },
-    /// `INTERNAL_PORT` is not an integer in 1..=65535.
-    #[error("invalid INTERNAL_PORT {0:?}: expected an integer between 1 and 65535")]
-    InternalPort(String),
-    /// `INTERNAL_LISTEN` is not `ip:port`.
-    #[error("invalid INTERNAL_LISTEN {0:?}: expected ip:port, e.g. 127.0.0.1:3001")]
-    InternalListen(String),
+    /// `LISTEN_ADDR` or `INTERNAL_LISTEN` is not `ip:port`.
+    #[error("invalid {name} {value:?}: expected ip:port, e.g. 127.0.0.1:3000")]
+    Address {
+        /// The variable's name.
+        name: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// `CALLBACK_URL` is not an http URL this build can call.
+    #[error("invalid CALLBACK_URL {0:?}: expected an absolute http:// URL")]
+    CallbackUrl(String),
+    /// A number is not an integer in its range.
+    #[error("invalid {name} {value:?}: expected {expected}")]
+    Number {
+        /// The variable's name.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
     /// A default binding is not a valid routing key.
     #[error("invalid DEFAULT_BINDINGS entry {0:?}: keys are 1-255 bytes without whitespace or control characters")]
     Binding(String),
@@ -119,180 +165,156 @@ pub enum ConfigError {
     AmqpUrl,
 }
 
-/// Command-line flags; each mirrors an environment variable and wins over it.
-#[derive(Debug, Default, Clone, Parser)]
-#[command(name = "sse-gateway", version, about = "Server-Sent-Events gateway, wire-compatible with SSEGateway.")]
-pub struct Cli {
-    /// Listen port on all interfaces, 1-65535 [env: PORT] [default: 3000]
-    #[arg(long)]
-    pub port: Option<String>,
-    /// Listen address ip:port, overrides --port; port 0 picks a free port [env: LISTEN_ADDR]
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Backend callback URL, used verbatim [env: CALLBACK_URL]
-    #[arg(long)]
-    pub callback_url: Option<String>,
-    /// Heartbeat period in seconds; invalid values fall back to 15 [env: HEARTBEAT_INTERVAL_SECONDS]
-    #[arg(long)]
-    pub heartbeat_interval_seconds: Option<String>,
-    /// Connect/disconnect callback timeout in milliseconds [env: CALLBACK_TIMEOUT_MS] [default: 5000]
-    #[arg(long)]
-    pub callback_timeout_ms: Option<String>,
-    /// Largest /internal/send body in bytes [env: MAX_BODY_BYTES] [default: 1048576]
-    #[arg(long)]
-    pub max_body_bytes: Option<String>,
-    /// Per-stream queue limit in bytes before a slow client is closed [env: STREAM_QUEUE_BYTES] [default: 1048576]
-    #[arg(long)]
-    pub stream_queue_bytes: Option<String>,
-    /// Graceful shutdown deadline in seconds [env: SHUTDOWN_TIMEOUT_SECONDS] [default: 10]
-    #[arg(long)]
-    pub shutdown_timeout_seconds: Option<String>,
-    /// Routing keys for streams whose connect answer has no bindings, comma-separated; {request_id} is substituted [env: DEFAULT_BINDINGS]
-    #[arg(long)]
-    pub default_bindings: Option<String>,
-    /// Port of the internal listener on 127.0.0.1 (/internal/*, /metrics) [env: INTERNAL_PORT]
-    #[arg(long)]
-    pub internal_port: Option<String>,
-    /// Internal listener address ip:port, overrides --internal-port; port 0 picks a free port [env: INTERNAL_LISTEN]
-    #[arg(long)]
-    pub internal_listen: Option<String>,
-    /// Bearer secret that unlocks /internal/publish and /metrics on the public port [env: INTERNAL_API_SECRET]
-    #[arg(long)]
-    pub internal_api_secret: Option<String>,
-    /// Most streams at once; beyond it new streams get a retry hint [env: MAX_CONNECTIONS] [default: 50000]
-    #[arg(long)]
-    pub max_connections: Option<String>,
-    /// Largest request head in bytes [env: MAX_HEADER_BYTES] [default: 16384]
-    #[arg(long)]
-    pub max_header_bytes: Option<String>,
-    /// AMQP URL; enables the RabbitMQ ingress (scale-out) [env: RABBITMQ_URL]
-    #[arg(long)]
-    pub rabbitmq_url: Option<String>,
-    /// Expiry of held events for a reconnecting request_id, ms [env: RABBITMQ_QUEUE_TTL_MS] [default: 300000]
-    #[arg(long)]
-    pub rabbitmq_queue_ttl_ms: Option<String>,
-    /// Exchange name prefix: <prefix>.sse.events [env: RABBITMQ_ENV_PREFIX]
-    #[arg(long)]
-    pub rabbitmq_env_prefix: Option<String>,
-    /// true: exchange auto-delete and non-durable (test environments) [env: RABBITMQ_ENV_AUTO_DELETE]
-    #[arg(long)]
-    pub rabbitmq_env_auto_delete: Option<String>,
-    /// Name of this instance, used in its queue name [env: RABBITMQ_INSTANCE_ID] [default: host name + random suffix]
-    #[arg(long)]
-    pub rabbitmq_instance_id: Option<String>,
-    /// Hold events for connection.<request_id> this long after its stream ended unexpectedly, ms; 0 = off [env: RESUME_TTL_MS] [default: 0, or RABBITMQ_QUEUE_TTL_MS with RabbitMQ]
-    #[arg(long)]
-    pub resume_ttl_ms: Option<String>,
+/// Reads settings through a lookup, applying each setting's default.
+struct Reader<L> {
+    lookup: L,
+}
+
+impl<L: Fn(&str) -> Option<String>> Reader<L> {
+    fn text(&self, s: Setting) -> Option<String> {
+        s.value(&self.lookup).map(|v| v.trim().to_owned())
+    }
+
+    /// A positive integer (`min` and above).
+    fn number(&self, s: Setting, min: u64, expected: &'static str) -> Result<Option<u64>, ConfigError> {
+        match self.text(s) {
+            None => Ok(None),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n >= min => Ok(Some(n)),
+                _ => Err(ConfigError::Number { name: s.env, value: v, expected }),
+            },
+        }
+    }
+
+    fn port(&self, s: Setting) -> Result<Option<u16>, ConfigError> {
+        match self.text(s) {
+            None => Ok(None),
+            Some(v) => match v.parse::<u16>() {
+                Ok(p) if p > 0 => Ok(Some(p)),
+                _ => Err(ConfigError::Port { name: s.env, value: v }),
+            },
+        }
+    }
+
+    fn address(&self, s: Setting) -> Result<Option<SocketAddr>, ConfigError> {
+        self.text(s).map(|v| v.parse().map_err(|_| ConfigError::Address { name: s.env, value: v.clone() })).transpose()
+    }
+
+    /// SSEGateway's rule: `true` (any case) is true, anything else false.
+    fn bool(&self, s: Setting) -> bool {
+        self.text(s).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+}
+
+fn usize_of(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+impl Default for Config {
+    /// The documented defaults ([`SETTINGS`]), with no callback URL.
+    fn default() -> Self {
+        match Config::from_lookup(|_| None) {
+            Ok((config, _)) => config,
+            // The defaults table is constant and covered by a unit test.
+            Err(e) => unreachable!("the default settings are invalid: {e}"),
+        }
+    }
 }
 
 impl Config {
-    /// Builds the configuration from flags (first) and an environment lookup.
+    /// Builds the configuration from a lookup of environment-variable names
+    /// (`|k| std::env::var(k).ok()`, or flags first in the binary).
     ///
     /// Returns the config and the warnings to log (lenient fallbacks, as SSEGateway does).
-    pub fn from_sources(cli: &Cli, env: impl Fn(&str) -> Option<String>) -> Result<(Config, Vec<String>), ConfigError> {
-        let get =
-            |flag: &Option<String>, name: &str| flag.clone().or_else(|| env(name)).filter(|v| !v.trim().is_empty());
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<(Config, Vec<String>), ConfigError> {
+        let r = Reader { lookup };
         let mut warnings = Vec::new();
-        let mut cfg = Config::default();
-
-        if let Some(port) = get(&cli.port, "PORT") {
-            let p: u16 = port.trim().parse().map_err(|_| ConfigError::Port(port.clone()))?;
-            if p == 0 {
-                return Err(ConfigError::Port(port));
-            }
-            cfg.listen.set_port(p);
-        }
-        if let Some(listen) = get(&cli.listen, "LISTEN_ADDR") {
-            cfg.listen = listen.trim().parse().map_err(|_| ConfigError::Listen(listen.clone()))?;
-        }
-        if let Some(url) = get(&cli.callback_url, "CALLBACK_URL") {
-            let ok = url.parse::<http::Uri>().is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
-            if !ok {
-                return Err(ConfigError::CallbackUrl(url));
-            }
-            cfg.callback_url = Some(url);
-        }
-        if let Some(hb) = get(&cli.heartbeat_interval_seconds, "HEARTBEAT_INTERVAL_SECONDS") {
-            match hb.trim().parse::<u64>() {
-                Ok(s) if s >= 1 => cfg.heartbeat_interval = Duration::from_secs(s),
-                _ => warnings
-                    .push(format!("invalid HEARTBEAT_INTERVAL_SECONDS {hb:?}: expected an integer >= 1; using 15")),
-            }
-        }
-        let number = |flag: &Option<String>, name: &'static str| -> Result<Option<u64>, ConfigError> {
-            match get(flag, name) {
-                None => Ok(None),
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if n > 0 => Ok(Some(n)),
-                    _ => Err(ConfigError::Number { name, value: v }),
-                },
+        let port = r.port(s::PORT)?.unwrap_or(3000);
+        let listen = r.address(s::LISTEN_ADDR)?.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+        let callback_url = match r.text(s::CALLBACK_URL) {
+            None => None,
+            Some(url) => {
+                let ok =
+                    url.parse::<http::Uri>().is_ok_and(|u| u.scheme_str() == Some("http") && u.authority().is_some());
+                if !ok {
+                    return Err(ConfigError::CallbackUrl(url));
+                }
+                Some(url)
             }
         };
-        if let Some(ms) = number(&cli.callback_timeout_ms, "CALLBACK_TIMEOUT_MS")? {
-            cfg.callback_timeout = Duration::from_millis(ms);
-        }
-        if let Some(n) = number(&cli.max_body_bytes, "MAX_BODY_BYTES")? {
-            cfg.max_body_bytes = usize::try_from(n).unwrap_or(usize::MAX);
-        }
-        if let Some(n) = number(&cli.stream_queue_bytes, "STREAM_QUEUE_BYTES")? {
-            cfg.stream_queue_bytes = usize::try_from(n).unwrap_or(usize::MAX);
-        }
-        if let Some(s) = number(&cli.shutdown_timeout_seconds, "SHUTDOWN_TIMEOUT_SECONDS")? {
-            cfg.shutdown_timeout = Duration::from_secs(s);
-        }
-        if let Some(list) = get(&cli.default_bindings, "DEFAULT_BINDINGS") {
-            for b in list.split(',').map(str::trim).filter(|b| !b.is_empty()) {
-                if !crate::command::is_valid_key(&b.replace("{request_id}", "x")) {
-                    return Err(ConfigError::Binding(b.to_owned()));
-                }
-                cfg.default_bindings.push(b.to_owned());
+        let heartbeat_interval = match r.number(s::HEARTBEAT_INTERVAL_SECONDS, 1, "an integer >= 1") {
+            Ok(n) => Duration::from_secs(n.unwrap_or(15)),
+            Err(e) => {
+                warnings.push(format!("{e}; using 15"));
+                Duration::from_secs(15)
             }
-        }
-        if let Some(port) = get(&cli.internal_port, "INTERNAL_PORT") {
-            let p: u16 = port.trim().parse().map_err(|_| ConfigError::InternalPort(port.clone()))?;
-            if p == 0 {
-                return Err(ConfigError::InternalPort(port));
+        };
+        let positive = "a positive integer";
+        let mut default_bindings = Vec::new();
+        for b in r.text(s::DEFAULT_BINDINGS).iter().flat_map(|l| l.split(',')).map(str::trim).filter(|b| !b.is_empty())
+        {
+            if !crate::keys::is_valid_key(&b.replace("{request_id}", "x")) {
+                return Err(ConfigError::Binding(b.to_owned()));
             }
-            cfg.internal_listen = Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p));
+            default_bindings.push(b.to_owned());
         }
-        if let Some(listen) = get(&cli.internal_listen, "INTERNAL_LISTEN") {
-            cfg.internal_listen = Some(listen.trim().parse().map_err(|_| ConfigError::InternalListen(listen.clone()))?);
+        let internal_listen = match r.address(s::INTERNAL_LISTEN)? {
+            Some(addr) => Some(addr),
+            None => r.port(s::INTERNAL_PORT)?.map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
+        };
+        let amqp = AmqpConfig::from_lookup(&r.lookup)?;
+        let resume_ttl = match r.text(s::RESUME_TTL_MS) {
+            Some(v) => Duration::from_millis(v.parse().map_err(|_| ConfigError::Number {
+                name: s::RESUME_TTL_MS.env,
+                value: v,
+                expected: "an integer number of milliseconds (0: off)",
+            })?),
+            None => amqp.as_ref().map_or(Duration::ZERO, |a| a.queue_ttl),
+        };
+        let config = Config {
+            listen,
+            callback_url,
+            callback_timeout: Duration::from_millis(r.number(s::CALLBACK_TIMEOUT_MS, 1, positive)?.unwrap_or(5000)),
+            heartbeat_interval,
+            max_body_bytes: usize_of(r.number(s::MAX_BODY_BYTES, 1, positive)?.unwrap_or(1 << 20)),
+            stream_queue_bytes: usize_of(r.number(s::STREAM_QUEUE_BYTES, 1, positive)?.unwrap_or(1 << 20)),
+            shutdown_timeout: Duration::from_secs(r.number(s::SHUTDOWN_TIMEOUT_SECONDS, 1, positive)?.unwrap_or(10)),
+            default_bindings,
+            internal_listen,
+            internal_api_secret: r.text(s::INTERNAL_API_SECRET),
+            max_connections: usize_of(r.number(s::MAX_CONNECTIONS, 1, positive)?.unwrap_or(50_000)),
+            max_header_bytes: usize_of(r.number(s::MAX_HEADER_BYTES, 1024, "an integer >= 1024")?.unwrap_or(16_384)),
+            resume_ttl,
+            amqp,
+        };
+        Ok((config, warnings))
+    }
+}
+
+impl AmqpConfig {
+    /// The RabbitMQ settings (`RABBITMQ_*`, and `HOSTNAME` for the default
+    /// instance id) through a lookup; `None` when `RABBITMQ_URL` is unset.
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<AmqpConfig>, ConfigError> {
+        let r = Reader { lookup };
+        let Some(url) = r.text(s::RABBITMQ_URL) else { return Ok(None) };
+        if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+            return Err(ConfigError::AmqpUrl);
         }
-        cfg.internal_api_secret = get(&cli.internal_api_secret, "INTERNAL_API_SECRET");
-        if let Some(n) = number(&cli.max_connections, "MAX_CONNECTIONS")? {
-            cfg.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
-        }
-        if let Some(n) = number(&cli.max_header_bytes, "MAX_HEADER_BYTES")? {
-            cfg.max_header_bytes = usize::try_from(n).unwrap_or(usize::MAX).max(1024);
-        }
-        if let Some(url) = get(&cli.rabbitmq_url, "RABBITMQ_URL") {
-            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-                return Err(ConfigError::AmqpUrl);
-            }
-            let ttl_ms = number(&cli.rabbitmq_queue_ttl_ms, "RABBITMQ_QUEUE_TTL_MS")?.unwrap_or(300_000);
-            let prefix = get(&cli.rabbitmq_env_prefix, "RABBITMQ_ENV_PREFIX").unwrap_or_default();
-            let exchange = if prefix.is_empty() { "sse.events".to_owned() } else { format!("{prefix}.sse.events") };
-            let auto_delete = get(&cli.rabbitmq_env_auto_delete, "RABBITMQ_ENV_AUTO_DELETE")
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-            let instance = get(&cli.rabbitmq_instance_id, "RABBITMQ_INSTANCE_ID").unwrap_or_else(|| {
-                let host = env("HOSTNAME").unwrap_or_else(|| "gateway".into());
-                let suffix = uuid::Uuid::new_v4().simple().to_string();
-                format!("{host}-{}", &suffix[..8])
-            });
-            cfg.resume_ttl = Duration::from_millis(ttl_ms);
-            cfg.amqp = Some(AmqpConfig {
-                url,
-                queue_ttl: Duration::from_millis(ttl_ms),
-                queue: format!("{exchange}.gw.{instance}"),
-                exchange,
-                auto_delete,
-            });
-        }
-        if let Some(ms) = get(&cli.resume_ttl_ms, "RESUME_TTL_MS") {
-            let ms: u64 = ms.trim().parse().map_err(|_| ConfigError::Number { name: "RESUME_TTL_MS", value: ms })?;
-            cfg.resume_ttl = Duration::from_millis(ms);
-        }
-        Ok((cfg, warnings))
+        let ttl_ms = r.number(s::RABBITMQ_QUEUE_TTL_MS, 1, "a positive integer")?.unwrap_or(300_000);
+        let prefix = r.text(s::RABBITMQ_ENV_PREFIX).unwrap_or_default();
+        let exchange = if prefix.is_empty() { "sse.events".to_owned() } else { format!("{prefix}.sse.events") };
+        let instance = r.text(s::RABBITMQ_INSTANCE_ID).unwrap_or_else(|| {
+            let host = (r.lookup)("HOSTNAME").filter(|h| !h.trim().is_empty()).unwrap_or_else(|| "gateway".into());
+            let suffix = uuid::Uuid::new_v4().simple().to_string();
+            format!("{}-{}", host.trim(), &suffix[..8])
+        });
+        Ok(Some(AmqpConfig {
+            url,
+            queue_ttl: Duration::from_millis(ttl_ms),
+            queue: format!("{exchange}.gw.{instance}"),
+            exchange,
+            auto_delete: r.bool(s::RABBITMQ_ENV_AUTO_DELETE),
+        }))
     }
 }
 
@@ -301,83 +323,117 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn load(env: &[(&str, &str)], cli: Cli) -> Result<(Config, Vec<String>), ConfigError> {
+    fn load(env: &[(&str, &str)]) -> Result<(Config, Vec<String>), ConfigError> {
         let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Config::from_sources(&cli, |k| map.get(k).cloned())
+        Config::from_lookup(|k| map.get(k).cloned())
     }
 
     #[test]
     fn defaults_match_sseg_gateway() {
-        let (cfg, warnings) = load(&[], Cli::default()).unwrap();
+        let (cfg, warnings) = load(&[]).unwrap();
+        assert_eq!(cfg, Config::default());
         assert_eq!(cfg.listen.port(), 3000);
         assert_eq!(cfg.callback_timeout, Duration::from_secs(5));
         assert_eq!(cfg.heartbeat_interval, Duration::from_secs(15));
         assert_eq!(cfg.max_body_bytes, 1 << 20);
-        assert!(cfg.callback_url.is_none());
+        assert_eq!(cfg.max_header_bytes, 16_384);
+        assert_eq!(cfg.max_connections, 50_000);
+        assert_eq!(cfg.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.resume_ttl, Duration::ZERO);
+        assert!(cfg.callback_url.is_none() && cfg.amqp.is_none() && cfg.internal_listen.is_none());
         assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn every_default_in_the_table_is_the_value_used() {
+        // A setting's documented default, given explicitly, changes nothing.
+        for setting in SETTINGS.iter().filter(|s| s.default.is_some()) {
+            let (cfg, _) = load(&[(setting.env, setting.default.unwrap())]).unwrap();
+            assert_eq!(cfg, Config::default(), "{}", setting.env);
+        }
+    }
+
+    #[test]
+    fn settings_have_unique_names_and_flags() {
+        let mut envs: Vec<_> = SETTINGS.iter().map(|s| s.env).collect();
+        let mut flags: Vec<_> = SETTINGS.iter().map(|s| s.flag).collect();
+        envs.sort_unstable();
+        envs.dedup();
+        flags.sort_unstable();
+        flags.dedup();
+        assert_eq!((envs.len(), flags.len()), (SETTINGS.len(), SETTINGS.len()));
     }
 
     #[test]
     fn invalid_port_is_an_error() {
         for p in ["0", "65536", "abc", "-1"] {
-            assert_eq!(load(&[("PORT", p)], Cli::default()).unwrap_err(), ConfigError::Port(p.into()));
+            assert_eq!(load(&[("PORT", p)]).unwrap_err(), ConfigError::Port { name: "PORT", value: p.into() });
         }
     }
 
     #[test]
     fn invalid_heartbeat_warns_and_uses_15() {
-        let (cfg, warnings) = load(&[("HEARTBEAT_INTERVAL_SECONDS", "0")], Cli::default()).unwrap();
+        let (cfg, warnings) = load(&[("HEARTBEAT_INTERVAL_SECONDS", "0")]).unwrap();
         assert_eq!(cfg.heartbeat_interval, Duration::from_secs(15));
         assert_eq!(warnings.len(), 1);
     }
 
     #[test]
-    fn flags_override_environment() {
-        let cli = Cli { port: Some("4000".into()), ..Cli::default() };
-        let (cfg, _) = load(&[("PORT", "5000")], cli).unwrap();
-        assert_eq!(cfg.listen.port(), 4000);
+    fn blank_values_are_unset() {
+        let (cfg, _) = load(&[("PORT", " "), ("CALLBACK_URL", "")]).unwrap();
+        assert_eq!(cfg, Config::default());
     }
 
     #[test]
     fn callback_url_must_be_http() {
-        assert!(load(&[("CALLBACK_URL", "ftp://x/")], Cli::default()).is_err());
-        let (cfg, _) = load(&[("CALLBACK_URL", "http://127.0.0.1:5000/cb?secret=s")], Cli::default()).unwrap();
+        assert!(load(&[("CALLBACK_URL", "ftp://x/")]).is_err());
+        let (cfg, _) = load(&[("CALLBACK_URL", "http://127.0.0.1:5000/cb?secret=s")]).unwrap();
         assert_eq!(cfg.callback_url.as_deref(), Some("http://127.0.0.1:5000/cb?secret=s"));
     }
 
     #[test]
     fn internal_listener_defaults_to_loopback() {
-        let (cfg, _) = load(&[("INTERNAL_PORT", "3001")], Cli::default()).unwrap();
+        let (cfg, _) = load(&[("INTERNAL_PORT", "3001")]).unwrap();
         assert_eq!(cfg.internal_listen, Some("127.0.0.1:3001".parse().unwrap()));
-        assert!(load(&[("INTERNAL_PORT", "x")], Cli::default()).is_err());
+        assert!(load(&[("INTERNAL_PORT", "x")]).is_err());
+        let (cfg, _) = load(&[("INTERNAL_PORT", "3001"), ("INTERNAL_LISTEN", "127.0.0.1:0")]).unwrap();
+        assert_eq!(cfg.internal_listen, Some("127.0.0.1:0".parse().unwrap()));
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        assert!(load(&[("MAX_BODY_BYTES", "0")]).is_err());
+        assert!(load(&[("MAX_HEADER_BYTES", "100")]).is_err());
+        assert!(load(&[("RESUME_TTL_MS", "soon")]).is_err());
     }
 
     #[test]
     fn default_bindings_are_validated() {
-        let (cfg, _) = load(&[("DEFAULT_BINDINGS", "broadcast, connection.{request_id}")], Cli::default()).unwrap();
+        let (cfg, _) = load(&[("DEFAULT_BINDINGS", "broadcast, connection.{request_id}")]).unwrap();
         assert_eq!(cfg.default_bindings, vec!["broadcast", "connection.{request_id}"]);
-        assert!(load(&[("DEFAULT_BINDINGS", "bad key")], Cli::default()).is_err());
+        assert!(load(&[("DEFAULT_BINDINGS", "bad key")]).is_err());
     }
 
     #[test]
     fn rabbitmq_settings_follow_the_sseg_gateway_names() {
-        let (cfg, _) = load(
-            &[
-                ("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-                ("RABBITMQ_ENV_PREFIX", "test"),
-                ("RABBITMQ_ENV_AUTO_DELETE", "true"),
-                ("RABBITMQ_INSTANCE_ID", "gw1"),
-            ],
-            Cli::default(),
-        )
+        let (cfg, _) = load(&[
+            ("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            ("RABBITMQ_ENV_PREFIX", "test"),
+            ("RABBITMQ_ENV_AUTO_DELETE", "true"),
+            ("RABBITMQ_INSTANCE_ID", "gw1"),
+        ])
         .unwrap();
         let amqp = cfg.amqp.unwrap();
         assert_eq!(amqp.exchange, "test.sse.events");
         assert_eq!(amqp.queue, "test.sse.events.gw.gw1");
         assert!(amqp.auto_delete);
         assert_eq!(cfg.resume_ttl, Duration::from_secs(300));
-        let (cfg, _) = load(&[("RABBITMQ_URL", "amqp://x")], Cli::default()).unwrap();
-        assert_eq!(cfg.amqp.unwrap().exchange, "sse.events");
-        assert_eq!(load(&[("RABBITMQ_URL", "http://x")], Cli::default()).unwrap_err(), ConfigError::AmqpUrl);
+        let (cfg, _) = load(&[("RABBITMQ_URL", "amqp://x"), ("HOSTNAME", "node7")]).unwrap();
+        let amqp = cfg.amqp.unwrap();
+        assert_eq!(amqp.exchange, "sse.events");
+        assert!(amqp.queue.starts_with("sse.events.gw.node7-"), "{}", amqp.queue);
+        assert_eq!(load(&[("RABBITMQ_URL", "http://x")]).unwrap_err(), ConfigError::AmqpUrl);
+        let (cfg, _) = load(&[("RABBITMQ_URL", "amqp://x"), ("RESUME_TTL_MS", "0")]).unwrap();
+        assert_eq!(cfg.resume_ttl, Duration::ZERO);
     }
 }

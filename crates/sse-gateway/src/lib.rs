@@ -23,6 +23,7 @@ pub mod config;
 mod connect;
 mod connection;
 mod deliver;
+mod keys;
 pub mod error;
 pub mod hook;
 pub mod metrics;
@@ -38,10 +39,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Cli, Config, ConfigError};
+pub use config::{AmqpConfig, Config, ConfigError, SETTINGS, Setting};
 pub use deliver::{DeliveryError, SendStatus};
 pub use hook::{Accepted, ClientRequest, ConnectHook, DisconnectReason, HttpCallbackHook, Refusal};
 pub use router::Router;
+pub use server::listen;
 pub use stream::StreamQueue;
 
 /// State shared by every connection of one gateway.
@@ -122,7 +124,7 @@ impl GatewayHandle {
 
     /// Publishes to every stream bound to `key` (encoded once); returns how many matched.
     pub fn publish(&self, key: &str, event: Option<OutEvent<'_>>, close: bool) -> Result<usize, DeliveryError> {
-        if !command::is_valid_key(key) {
+        if !keys::is_valid_key(key) {
             return Err(DeliveryError::InvalidEvent(format!("invalid routing key {key:?}")));
         }
         let frame = encode(event)?;

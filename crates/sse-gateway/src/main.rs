@@ -1,17 +1,45 @@
-//! The `sse-gateway` binary: configuration, logging, signals; everything else
-//! lives in the library.
+//! The `sse-gateway` binary: flags, logging, signals; everything else lives
+//! in the library. Its flags are built from the library's settings table, so
+//! every setting has a flag, an environment variable and its default in
+//! `--help`, stated once.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
-use sse_gateway::{Cli, Config, ConnectHook, Gateway, HttpCallbackHook};
+use clap::{Arg, ArgMatches, Command};
+use sse_gateway::{Config, ConnectHook, Gateway, HttpCallbackHook, SETTINGS};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+/// The command line: one flag per setting, each with its variable as fallback.
+fn command() -> Command {
+    let mut cmd = Command::new("sse-gateway")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Server-Sent-Events gateway, wire-compatible with SSEGateway.")
+        .after_help("A flag wins over its environment variable. RUST_LOG sets the log filter (default: info).");
+    for s in SETTINGS {
+        let help = match s.default {
+            Some(d) => format!("{} [default: {d}]", s.help),
+            None => s.help.to_owned(),
+        };
+        // Values from the environment stay out of --help: some are secrets.
+        cmd = cmd.arg(Arg::new(s.env).long(s.flag).env(s.env).hide_env_values(true).value_name("VALUE").help(help));
+    }
+    cmd
+}
+
+/// Flags (with their variables, through clap) first; then the environment
+/// for what is not a flag (`HOSTNAME`).
+fn lookup(matches: &ArgMatches) -> impl Fn(&str) -> Option<String> + '_ {
+    move |key| match SETTINGS.iter().any(|s| s.env == key) {
+        true => matches.get_one::<String>(key).cloned(),
+        false => std::env::var(key).ok(),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = command().get_matches();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -20,7 +48,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let (config, warnings) = match Config::from_sources(&cli, |k| std::env::var(k).ok()) {
+    let (config, warnings) = match Config::from_lookup(lookup(&matches)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sse-gateway: {e}");
@@ -48,8 +76,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let listener =
-        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = sse_gateway::listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let hook: Option<Arc<dyn ConnectHook>> = match &config.callback_url {
         Some(url) => {
@@ -65,7 +92,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let internal = match config.internal_listen {
         Some(addr) => {
-            let l = bind(addr).with_context(|| format!("cannot listen on {addr} (internal)"))?;
+            let l = sse_gateway::listen(addr).with_context(|| format!("cannot listen on {addr} (internal)"))?;
             Some(l)
         }
         None => None,
@@ -90,16 +117,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("sse-gateway listening on http://{addr}");
     gateway.serve(listener, internal).await;
     Ok(())
-}
-
-/// Binds with a deep accept backlog: the default (128) overflows when
-/// thousands of clients reconnect at once (after a drain or a deploy), and
-/// each overflowed client waits a 1 s SYN retry.
-fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
 }
 
 async fn wait_for_signal() {

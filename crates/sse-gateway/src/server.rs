@@ -16,6 +16,20 @@ use crate::Shared;
 use crate::connection::{self, Listener};
 use crate::hook::DisconnectReason;
 
+/// Accept backlog of every listener: the default (128) overflows when
+/// thousands of clients reconnect at once (after a drain or a deploy), and
+/// each overflowed client waits for a SYN retry (1 s, then 3 s).
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Binds a listener with a deep accept backlog (use it for the public and
+/// the internal listener alike).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 pub(crate) async fn serve(shared: Arc<Shared>, public: TcpListener, internal: Option<TcpListener>) {
     let connections = TaskTracker::new();
     let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&shared)));

@@ -240,21 +240,21 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
         router.layer(axum::middleware::from_fn_with_state(InternalAccess::new(cfg.internal_api_secret.clone()), guard));
 
     let (server, gateway_shutdown) = if in_process {
-        // The gateway's own parser reads the RabbitMQ settings (one set of rules).
-        let amqp_cli = sse_gateway::Cli {
-            rabbitmq_url: cfg.rabbitmq_url.clone(),
-            rabbitmq_env_prefix: cfg.rabbitmq_env_prefix.clone(),
-            rabbitmq_env_auto_delete: cfg.rabbitmq_env_auto_delete.clone(),
-            rabbitmq_queue_ttl_ms: cfg.rabbitmq_queue_ttl_ms.clone(),
-            ..sse_gateway::Cli::default()
+        // The gateway's own rules read the RabbitMQ settings.
+        let amqp_setting = |key: &str| match key {
+            "RABBITMQ_URL" => cfg.rabbitmq_url.clone(),
+            "RABBITMQ_ENV_PREFIX" => cfg.rabbitmq_env_prefix.clone(),
+            "RABBITMQ_ENV_AUTO_DELETE" => cfg.rabbitmq_env_auto_delete.clone(),
+            "RABBITMQ_QUEUE_TTL_MS" => cfg.rabbitmq_queue_ttl_ms.clone(),
+            _ => None,
         };
-        let (amqp_cfg, _) = sse_gateway::Config::from_sources(&amqp_cli, |_| None)?;
+        let amqp = sse_gateway::AmqpConfig::from_lookup(&amqp_setting)?;
         let gw_config = sse_gateway::Config {
             listen: addr,
             heartbeat_interval: Duration::from_secs(cfg.heartbeat_interval_seconds.max(1)),
             internal_api_secret: cfg.internal_api_secret.clone().filter(|s| !s.is_empty()),
-            amqp: amqp_cfg.amqp,
-            resume_ttl: amqp_cfg.resume_ttl,
+            resume_ttl: amqp.as_ref().map_or(Duration::ZERO, |a| a.queue_ttl),
+            amqp,
             ..sse_gateway::Config::default()
         };
         let gateway =
