@@ -13,8 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 
 use futures_util::FutureExt;
-use sse_gateway::hook::HookFuture;
-use sse_gateway::{Accepted, ClientRequest, ConnectHook, DisconnectReason, Refusal};
+use sse_gateway::{Accepted, ClientRequest, ConnectHook, DisconnectReason, HookFuture, Refusal};
 use uuid::Uuid;
 
 use crate::BoxFuture;
@@ -46,12 +45,7 @@ impl ConnectHook for InProcessHook {
             let token = token.to_string();
             let run = AssertUnwindSafe(self.handler.connect(&token, &request.url, &request.headers)).catch_unwind();
             match run.await {
-                Ok(Ok(answer)) => Ok(Accepted {
-                    request_id: Some(answer.info.request_id),
-                    bindings: answer.bindings,
-                    subject: answer.info.subject,
-                    role: answer.info.role,
-                }),
+                Ok(Ok(answer)) => Ok(Accepted { request_id: Some(answer.info.request_id), bindings: answer.bindings }),
                 Ok(Err(e)) => Err(refusal(&e)),
                 Err(p) => {
                     tracing::error!(panic = %crate::observer::panic_message(p.as_ref()), "connect hook panicked");
@@ -216,7 +210,6 @@ mod tests {
         let req = ClientRequest { url: "/api/sse/stream?request_id=r1".into(), headers: vec![] };
         let accepted = hook.connect(token, &req).await.unwrap();
         assert_eq!(accepted.request_id.as_deref(), Some("r1"));
-        assert_eq!(accepted.subject.as_deref(), Some("local-user"));
         assert_eq!(accepted.bindings, vec!["broadcast", "connection.r1", "subject.local-user"]);
         assert_eq!(cm.connection_info("r1").unwrap().token, token.to_string());
         let bad = ClientRequest { url: "/s?request_id=a:b".into(), headers: vec![] };

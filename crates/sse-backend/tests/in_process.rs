@@ -35,7 +35,7 @@ async fn start() -> Setup {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let config = Config { listen: addr, ..Config::default() };
-    let gateway = Gateway::new(config, Some(InProcessHook::new(handler)));
+    let gateway = Gateway::builder(config).hook(InProcessHook::new(handler)).build();
     assert!(broadcaster.attach(gateway.handle()));
     let shutdown = gateway.shutdown_token();
     tokio::spawn(gateway.serve(listener, None));

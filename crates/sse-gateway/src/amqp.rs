@@ -33,14 +33,19 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::Shared;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::AmqpConfig;
+use crate::deliver;
+use crate::events::{Event, Ingress};
+use crate::metrics::Metrics;
+use crate::router::Router;
 
 /// Why routing could not be set up for a stream.
 #[derive(Debug, thiserror::Error)]
-pub enum AmqpError {
+pub(crate) enum AmqpError {
     /// The broker connection is down.
     #[error("not connected to RabbitMQ")]
     Disconnected,
@@ -56,7 +61,7 @@ struct Binder {
 }
 
 /// The AMQP ingress of one gateway instance.
-pub struct Amqp {
+pub(crate) struct Amqp {
     config: AmqpConfig,
     binder: tokio::sync::Mutex<Binder>,
     connected: AtomicBool,
@@ -68,7 +73,7 @@ impl Amqp {
     }
 
     /// True while the broker connection is up and consuming.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
     }
 
@@ -180,12 +185,12 @@ impl Amqp {
     }
 
     /// Connects, consumes, and reconnects until shutdown.
-    pub(crate) async fn run(self: Arc<Self>, shared: Arc<Shared>) {
+    pub(crate) async fn run(self: Arc<Self>, router: Arc<Router>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_secs(1);
         let mut first = true;
         loop {
             let attempt = tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return,
                 r = self.connect() => r,
             };
             match attempt {
@@ -196,28 +201,27 @@ impl Amqp {
                     } else {
                         backoff = Duration::from_secs(1);
                         self.connected.store(true, Ordering::Release);
-                        shared.metrics.broker_connected(true);
-                        info!(queue = %self.config.queue, exchange = %self.config.exchange, "connected to RabbitMQ");
+                        let (queue, exchange) = (self.config.queue.as_str(), self.config.exchange.as_str());
+                        metrics.emit(Event::BrokerConnected { queue, exchange });
                         if !first {
                             // Streams may have missed events while the broker was away: say so.
-                            shared.router.push_all(&Bytes::from_static(sse_wire::encode::READY));
+                            router.push_all(&Bytes::from_static(sse_wire::encode::READY));
                         }
                         first = false;
-                        self.consume(&shared, consumer).await;
+                        self.consume(&router, &metrics, &shutdown, consumer).await;
                         self.connected.store(false, Ordering::Release);
-                        shared.metrics.broker_connected(false);
+                        metrics.emit(Event::BrokerLost { shutting_down: shutdown.is_cancelled() });
                         self.binder.lock().await.channel = None;
-                        if shared.shutdown.is_cancelled() {
+                        if shutdown.is_cancelled() {
                             let _ = conn.close(200, "shutting down".into()).await;
                             return;
                         }
-                        warn!("lost the RabbitMQ connection; new streams are refused until it is back");
                     }
                 }
                 Err(e) => warn!(error = %e, retry_in = ?backoff, "cannot connect to RabbitMQ"),
             }
             tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -234,10 +238,16 @@ impl Amqp {
         Ok(())
     }
 
-    async fn consume(&self, shared: &Shared, mut consumer: lapin::Consumer) {
+    async fn consume(
+        &self,
+        router: &Router,
+        metrics: &Metrics,
+        shutdown: &CancellationToken,
+        mut consumer: lapin::Consumer,
+    ) {
         loop {
             let next = tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return,
                 n = consumer.next() => n,
             };
             let delivery = match next {
@@ -251,15 +261,14 @@ impl Amqp {
             let key = delivery.routing_key.as_str().to_owned();
             match parse_message(&delivery.data) {
                 Ok(frame) => {
-                    crate::deliver::publish(shared, "amqp", &key, Some(&frame), false);
-                    shared.metrics.broker_message("delivered");
+                    deliver::publish(router, metrics, Ingress::Amqp, &key, Some(&frame), false);
+                    metrics.emit(Event::BrokerMessageDelivered);
                     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                         warn!(error = %e, "ack failed");
                     }
                 }
                 Err(reason) => {
-                    shared.metrics.broker_message("rejected");
-                    warn!(key, reason, "rejected an AMQP message");
+                    metrics.emit(Event::BrokerMessageRejected { key: &key, reason });
                     if let Err(e) = delivery.reject(BasicRejectOptions { requeue: false }).await {
                         warn!(error = %e, "reject failed");
                     }

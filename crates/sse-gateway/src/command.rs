@@ -7,29 +7,29 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::keys::{MAX_KEY_BYTES, is_valid_key};
 
 /// A validated send: target token, the encoded event (if any), and `close`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SendCommand {
+pub(crate) struct SendCommand {
     /// The token as given.
-    pub token: String,
+    pub(crate) token: String,
     /// The event, already encoded for the wire (encode once, here).
-    pub frame: Option<Bytes>,
+    pub(crate) frame: Option<Bytes>,
     /// End the stream after writing.
-    pub close: bool,
+    pub(crate) close: bool,
 }
 
 impl SendCommand {
     /// Validates a `/internal/send` body.
-    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, ApiError> {
         let value = parse_json(body)?;
         let obj = value.as_object().unwrap_or(&EMPTY);
         let token = obj
             .get("token")
             .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::bad_request("INVALID_TOKEN_MISSING", "token is required and must be a string"))?;
+            .ok_or_else(|| ApiError::new(ErrorCode::InvalidTokenMissing, "token is required and must be a string"))?;
         let (frame, close) = event_and_close(obj)?;
         Ok(Self { token: token.to_owned(), frame, close })
     }
@@ -37,13 +37,13 @@ impl SendCommand {
 
 /// A validated publish: routing key, the encoded event (if any), and `close`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishCommand {
+pub(crate) struct PublishCommand {
     /// The routing key, e.g. `broadcast` or `connection.<request_id>`.
-    pub key: String,
+    pub(crate) key: String,
     /// The event, already encoded for the wire.
-    pub frame: Option<Bytes>,
+    pub(crate) frame: Option<Bytes>,
     /// End the matched streams after writing.
-    pub close: bool,
+    pub(crate) close: bool,
 }
 
 impl PublishCommand {
@@ -51,7 +51,7 @@ impl PublishCommand {
     ///
     /// A batch is validated whole before anything is delivered; an error names
     /// the index of the first bad message.
-    pub fn parse_batch(body: &[u8]) -> Result<(Vec<Self>, bool), ApiError> {
+    pub(crate) fn parse_batch(body: &[u8]) -> Result<(Vec<Self>, bool), ApiError> {
         let value = parse_json(body)?;
         let obj = value.as_object().unwrap_or(&EMPTY);
         match obj.get("messages") {
@@ -67,7 +67,7 @@ impl PublishCommand {
                 }
                 Ok((out, true))
             }
-            Some(_) => Err(ApiError::bad_request("INVALID_MESSAGES_TYPE", "messages must be an array")),
+            Some(_) => Err(ApiError::new(ErrorCode::InvalidMessagesType, "messages must be an array")),
         }
     }
 
@@ -75,10 +75,10 @@ impl PublishCommand {
         let key = obj
             .get("key")
             .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::bad_request("INVALID_KEY_MISSING", "key is required and must be a string"))?;
+            .ok_or_else(|| ApiError::new(ErrorCode::InvalidKeyMissing, "key is required and must be a string"))?;
         if !is_valid_key(key) {
-            return Err(ApiError::bad_request(
-                "INVALID_KEY",
+            return Err(ApiError::new(
+                ErrorCode::InvalidKey,
                 format!("key must be 1-{MAX_KEY_BYTES} bytes without whitespace or control characters"),
             ));
         }
@@ -91,7 +91,7 @@ static EMPTY: std::sync::LazyLock<serde_json::Map<String, Value>> = std::sync::L
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("INVALID_JSON", format!("Request body is not valid JSON: {e}")))
+        .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("Request body is not valid JSON: {e}")))
 }
 
 /// The `event` and `close` fields, checked in the contract's order and encoded once.
@@ -99,24 +99,24 @@ fn event_and_close(obj: &serde_json::Map<String, Value>) -> Result<(Option<Bytes
     let event = match obj.get("event") {
         None => None,
         Some(Value::Object(e)) => Some(e),
-        Some(_) => return Err(ApiError::bad_request("INVALID_EVENT_TYPE", "event must be an object")),
+        Some(_) => return Err(ApiError::new(ErrorCode::InvalidEventType, "event must be an object")),
     };
     let mut parts = None;
     if let Some(event) = event {
         let data = event.get("data").and_then(Value::as_str).ok_or_else(|| {
-            ApiError::bad_request("INVALID_EVENT_DATA_MISSING", "event.data is required and must be a string")
+            ApiError::new(ErrorCode::InvalidEventDataMissing, "event.data is required and must be a string")
         })?;
         let name = match event.get("name") {
             None => None,
             Some(Value::String(s)) => Some(s.as_str()),
-            Some(_) => return Err(ApiError::bad_request("INVALID_EVENT_NAME_TYPE", "event.name must be a string")),
+            Some(_) => return Err(ApiError::new(ErrorCode::InvalidEventNameType, "event.name must be a string")),
         };
         parts = Some((name, data));
     }
     let close = match obj.get("close") {
         None => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ApiError::bad_request("INVALID_CLOSE_TYPE", "close must be a boolean")),
+        Some(_) => return Err(ApiError::new(ErrorCode::InvalidCloseType, "close must be a boolean")),
     };
     let frame = match parts {
         None => None,
@@ -126,10 +126,10 @@ fn event_and_close(obj: &serde_json::Map<String, Value>) -> Result<(Option<Bytes
 }
 
 /// Encodes an application event: the envelope when named, plain data otherwise.
-pub fn encode_event(name: Option<&str>, data: &str) -> Result<Bytes, ApiError> {
+pub(crate) fn encode_event(name: Option<&str>, data: &str) -> Result<Bytes, ApiError> {
     match name {
         Some(name) if !name.is_empty() => sse_wire::encode::envelope(name, data)
-            .map_err(|_| ApiError::bad_request("INVALID_EVENT_NAME", "event.name must not contain CR, LF or NUL")),
+            .map_err(|_| ApiError::new(ErrorCode::InvalidEventName, "event.name must not contain CR, LF or NUL")),
         _ => Ok(sse_wire::encode::data(data)),
     }
 }
@@ -139,7 +139,7 @@ mod tests {
     use super::*;
 
     fn code(body: &str) -> &'static str {
-        SendCommand::parse(body.as_bytes()).unwrap_err().code
+        SendCommand::parse(body.as_bytes()).unwrap_err().code.as_str()
     }
 
     #[test]
@@ -159,13 +159,13 @@ mod tests {
     #[test]
     fn publish_validation_and_batches() {
         let pcode = |b: &str| PublishCommand::parse_batch(b.as_bytes()).unwrap_err();
-        assert_eq!(pcode(r#"{"event":{"data":"1"}}"#).code, "INVALID_KEY_MISSING");
-        assert_eq!(pcode(r#"{"key":"a b","event":{"data":"1"}}"#).code, "INVALID_KEY");
-        assert_eq!(pcode(r#"{"key":"","close":true}"#).code, "INVALID_KEY");
-        assert_eq!(pcode(r#"{"key":"k","event":{"data":1}}"#).code, "INVALID_EVENT_DATA_MISSING");
-        assert_eq!(pcode(r#"{"messages":{}}"#).code, "INVALID_MESSAGES_TYPE");
+        assert_eq!(pcode(r#"{"event":{"data":"1"}}"#).code.as_str(), "INVALID_KEY_MISSING");
+        assert_eq!(pcode(r#"{"key":"a b","event":{"data":"1"}}"#).code.as_str(), "INVALID_KEY");
+        assert_eq!(pcode(r#"{"key":"","close":true}"#).code.as_str(), "INVALID_KEY");
+        assert_eq!(pcode(r#"{"key":"k","event":{"data":1}}"#).code.as_str(), "INVALID_EVENT_DATA_MISSING");
+        assert_eq!(pcode(r#"{"messages":{}}"#).code.as_str(), "INVALID_MESSAGES_TYPE");
         let e = pcode(r#"{"messages":[{"key":"a","event":{"data":"1"}},{"key":"b","close":1}]}"#);
-        assert_eq!(e.code, "INVALID_CLOSE_TYPE");
+        assert_eq!(e.code.as_str(), "INVALID_CLOSE_TYPE");
         assert!(e.message.starts_with("messages[1]"), "{}", e.message);
         let (msgs, batch) =
             PublishCommand::parse_batch(br#"{"messages":[{"key":"a","event":{"data":"1"}},{"key":"b","close":true}]}"#)

@@ -11,17 +11,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::StatusCode;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::Shared;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
+use crate::events::{Event, RefuseReason};
 use crate::hook::{Accepted, ClientRequest, ConnectHook, DisconnectReason, Refusal};
+use crate::queue::{EndHook, StreamHandle, StreamQueue};
+use crate::retry::RetryHint;
 use crate::router::{Opened, Refused};
-use crate::stream::{EndHook, StreamHandle, StreamQueue};
+use crate::shared::Shared;
 
 /// What the client gets.
 pub(crate) enum Decision {
@@ -41,27 +41,20 @@ pub(crate) fn start(
     abort: Option<CancellationToken>,
 ) -> Result<oneshot::Receiver<Decision>, Decision> {
     let Some(hook) = shared.hook.clone() else {
-        return Err(Decision::Error(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "SERVICE_NOT_CONFIGURED",
-            "CALLBACK_URL is not configured",
-        )));
+        return Err(Decision::Error(ApiError::new(ErrorCode::ServiceNotConfigured, "CALLBACK_URL is not configured")));
+    };
+    let refuse = |reason: RefuseReason, hint: RetryHint| {
+        shared.metrics.emit(Event::StreamRefused { reason, max_connections: shared.config.max_connections });
+        Err(Decision::InStream(hint.frame()))
     };
     if shared.amqp.as_ref().is_some_and(|a| !a.is_connected()) {
-        shared.metrics.stream_refused("broker_unavailable");
-        return Err(Decision::InStream(crate::retry_hint(2_000, 10_000)));
+        return refuse(RefuseReason::BrokerUnavailable, RetryHint::BrokerDown);
     }
     let token = Uuid::new_v4();
     match shared.router.register_pending(token) {
         Ok(()) => {}
-        Err(Refused::Full) => {
-            shared.metrics.stream_refused("max_connections");
-            warn!(max = shared.config.max_connections, "stream refused: MAX_CONNECTIONS reached");
-            return Err(Decision::InStream(crate::retry_hint(5_000, 15_000)));
-        }
-        Err(Refused::Draining) => {
-            return Err(Decision::InStream(crate::retry_hint(1_000, 5_000)));
-        }
+        Err(Refused::Full) => return refuse(RefuseReason::MaxConnections, RetryHint::MaxConnections),
+        Err(Refused::Draining) => return refuse(RefuseReason::Draining, RetryHint::Draining),
     }
     let (tx, rx) = oneshot::channel();
     let task_shared = Arc::clone(shared);
@@ -69,12 +62,13 @@ pub(crate) fn start(
         let request = Arc::new(request);
         let started = Instant::now();
         let result = hook.connect(token, &request).await;
+        let elapsed = started.elapsed();
+        task_shared.metrics.emit(Event::ConnectAnswered { token, result: result.as_ref().map(|_| ()), elapsed });
         let decision = match result {
             Ok(accepted) => {
-                task_shared.metrics.callback("connect", "accepted", started.elapsed());
                 if tx.is_closed() {
                     task_shared.router.remove(token);
-                    info!(%token, "client left during the connect callback");
+                    task_shared.metrics.emit(Event::ClientLeftDuringConnect { token });
                     spawn_disconnect(&task_shared, hook, token, DisconnectReason::ClientClosed, request);
                     return;
                 }
@@ -82,7 +76,7 @@ pub(crate) fn start(
             }
             Err(refusal) => {
                 task_shared.router.remove(token);
-                refused(&task_shared, token, refusal, started)
+                refused(refusal)
             }
         };
         // If the client left just now, the decision (and its stream handle)
@@ -108,13 +102,13 @@ async fn open(
     if let Some(amqp) = &shared.amqp
         && let Err(e) = amqp.acquire(&keys).await
     {
-        warn!(%token, error = %e, "routing setup failed; closing the stream");
+        shared.metrics.emit(Event::RoutingSetupFailed { token, error: &e });
         ready = None;
     }
     let acquired = ready.is_some() && shared.amqp.is_some();
     let queue = StreamQueue::new(token, request, shared.config.stream_queue_bytes, abort);
     let (opened, taken_hold) =
-        shared.router.open(&queue, keys.clone(), request_id.as_deref(), ready, || crate::retry_hint(1_000, 5_000));
+        shared.router.open(&queue, keys.clone(), request_id.as_deref(), ready, || RetryHint::Draining.frame());
     let mut release: Vec<Box<str>> = taken_hold.into_iter().collect();
     if opened != Opened::Live && acquired {
         // The stream was never indexed, so its end will not give these back.
@@ -123,45 +117,21 @@ async fn open(
     release_keys(shared, release);
     if opened == Opened::Gone {
         spawn_disconnect(shared, hook, token, DisconnectReason::ServerClosed, Arc::clone(queue.request()));
-        return Decision::Error(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "SHUTTING_DOWN",
-            "The stream was closed",
-        ));
+        return Decision::Error(ApiError::new(ErrorCode::ShuttingDown, "The stream was closed"));
     }
-    shared.metrics.stream_opened();
-    debug!(%token, request_id = accepted.request_id.as_deref().unwrap_or(""), "stream opened");
+    shared.metrics.emit(Event::StreamOpened { token, request_id: accepted.request_id.as_deref() });
     Decision::Stream(StreamHandle::new(queue, end_hook(shared, hook)))
 }
 
-fn refused(shared: &Shared, token: Uuid, refusal: Refusal, started: Instant) -> Decision {
-    let elapsed = started.elapsed();
+/// The client's answer for a refused connect (already logged and counted).
+fn refused(refusal: Refusal) -> Decision {
     match refusal {
-        Refusal::Rejected { status, message } => {
-            shared.metrics.callback("connect", "rejected", elapsed);
-            info!(%token, status, "backend rejected the stream");
-            Decision::InStream(sse_wire::encode::rejected(status, &message))
-        }
+        Refusal::Rejected { status, message } => Decision::InStream(sse_wire::encode::rejected(status, &message)),
         Refusal::Status(code) => {
-            shared.metrics.callback("connect", "status", elapsed);
-            warn!(%token, status = code, "backend answered the connect callback with an error status");
-            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
-            Decision::Error(ApiError::new(status, "BACKEND_ERROR", format!("Backend returned {code}")))
+            Decision::Error(ApiError::new(ErrorCode::BackendError(code), format!("Backend returned {code}")))
         }
-        Refusal::Timeout => {
-            shared.metrics.callback("connect", "timeout", elapsed);
-            warn!(%token, "connect callback timed out");
-            Decision::Error(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "GATEWAY_TIMEOUT", "Backend callback timed out"))
-        }
-        Refusal::Unavailable(e) => {
-            shared.metrics.callback("connect", "unavailable", elapsed);
-            warn!(%token, error = %e, "backend unavailable");
-            Decision::Error(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "BACKEND_UNAVAILABLE",
-                "Backend unavailable",
-            ))
-        }
+        Refusal::Timeout => Decision::Error(ApiError::new(ErrorCode::GatewayTimeout, "Backend callback timed out")),
+        Refusal::Unavailable(_) => Decision::Error(ApiError::new(ErrorCode::BackendUnavailable, "Backend unavailable")),
     }
 }
 
@@ -170,8 +140,7 @@ fn end_hook(shared: &Arc<Shared>, hook: Arc<dyn ConnectHook>) -> EndHook {
     Box::new(move |queue: &Arc<StreamQueue>, reason| {
         let released = shared.router.end_stream(queue, reason);
         release_keys(&shared, released);
-        shared.metrics.stream_ended(reason);
-        debug!(token = %queue.token(), reason = reason.as_str(), "stream ended");
+        shared.metrics.emit(Event::StreamEnded { token: queue.token(), reason });
         spawn_disconnect(&shared, hook, queue.token(), reason, Arc::clone(queue.request()));
     })
 }
@@ -200,15 +169,10 @@ fn spawn_disconnect(
     shared.tracker.spawn_on(
         async move {
             let started = Instant::now();
-            match hook.disconnect(token, reason, &request).await {
-                Ok(()) => task_shared.metrics.callback("disconnect", "ok", started.elapsed()),
-                Err(e) => {
-                    task_shared.metrics.callback("disconnect", "failed", started.elapsed());
-                    warn!(%token, error = %e, "disconnect callback failed");
-                }
-            }
+            let result = hook.disconnect(token, reason, &request).await;
+            let elapsed = started.elapsed();
+            task_shared.metrics.emit(Event::DisconnectAnswered { token, result: result.as_ref().copied(), elapsed });
         },
         &rt,
     );
 }
-

@@ -1,6 +1,6 @@
 //! One accepted TCP connection: read its first request head, then either
 //! serve a stream on the raw socket (`raw_stream`) or hand the connection,
-//! with the bytes already read, to hyper (`api`).
+//! with the bytes already read, to hyper (`hyper_path`).
 //!
 //! Only the common case takes the raw path: an HTTP/1.1 `GET` without a body
 //! for a stream path on the public listener. Everything else (the internal
@@ -9,30 +9,19 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::Bytes;
+use http::Method;
 use tokio::net::TcpStream;
 
-use crate::Shared;
 use crate::connect::{self, Decision};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::hook::ClientRequest;
 use crate::raw_stream;
-
-/// Which listener accepted the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Listener {
-    /// The public port: streams, `/internal/send`, health.
-    Public,
-    /// The loopback internal port: the internal API and metrics, no streams.
-    Internal,
-}
+use crate::routes::{self, Listener, Route};
+use crate::shared::Shared;
 
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,15 +37,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketA
         Err(_) | Ok(Head::Closed) => return,
         Ok(Head::TooLarge) => {
             let e = ApiError::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "HEADERS_TOO_LARGE",
+                ErrorCode::HeadersTooLarge,
                 format!("Request head exceeds {} bytes", shared.config.max_header_bytes),
             );
-            return write_error_and_close(&mut tcp, &e).await;
+            return raw_stream::write_error_and_close(&mut tcp, &e, &shared.metrics).await;
         }
         Ok(Head::Invalid) => {
-            let e = ApiError::bad_request("BAD_REQUEST", "Malformed HTTP request");
-            return write_error_and_close(&mut tcp, &e).await;
+            let e = ApiError::new(ErrorCode::BadRequest, "Malformed HTTP request");
+            return raw_stream::write_error_and_close(&mut tcp, &e, &shared.metrics).await;
         }
         Ok(Head::Complete(head)) => head,
     };
@@ -65,7 +53,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketA
         let request = first.request;
         Box::pin(raw(shared, tcp, request)).await;
     } else {
-        Box::pin(crate::api::serve_hyper(shared, tcp, peer, Bytes::from(buf), listener)).await;
+        Box::pin(crate::hyper_path::serve(shared, tcp, peer, Bytes::from(buf), listener)).await;
     }
 }
 
@@ -76,75 +64,18 @@ async fn raw(shared: Arc<Shared>, mut tcp: TcpStream, request: ClientRequest) {
             tokio::select! {
                 d = rx => match d {
                     Ok(d) => d,
-                    Err(_) => Decision::Error(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "connect task failed")),
+                    Err(_) => Decision::Error(ApiError::new(ErrorCode::InternalError, "connect task failed")),
                 },
                 // Dropping the receiver tells the connect task the client left.
-                () = client_gone(&tcp) => return,
+                () = raw_stream::client_gone(&tcp) => return,
             }
         }
     };
     match decision {
         Decision::Stream(handle) => raw_stream::serve(tcp, handle, &shared.metrics).await,
         Decision::InStream(frame) => raw_stream::write_in_stream(&mut tcp, &frame, &shared.metrics).await,
-        Decision::Error(e) => write_error_and_close(&mut tcp, &e).await,
+        Decision::Error(e) => raw_stream::write_error_and_close(&mut tcp, &e, &shared.metrics).await,
     }
-}
-
-/// Resolves when the peer closes (anything it sends meanwhile is discarded).
-async fn client_gone(tcp: &TcpStream) {
-    loop {
-        if tcp.readable().await.is_err() || peer_closed(tcp) {
-            return;
-        }
-    }
-}
-
-/// Reads what is there without blocking; true on EOF or a socket error.
-pub(crate) fn peer_closed(tcp: &TcpStream) -> bool {
-    let mut sink = [0u8; 256];
-    loop {
-        match tcp.try_read(&mut sink) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
-async fn write_error_and_close(tcp: &mut TcpStream, e: &ApiError) {
-    let body = e.body();
-    let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\n\
-         access-control-allow-origin: *\r\naccess-control-allow-methods: GET, POST, OPTIONS\r\n\
-         access-control-allow-headers: Content-Type, Cache-Control\r\nconnection: close\r\n\r\n",
-        e.status.as_u16(),
-        e.status.canonical_reason().unwrap_or(""),
-        body.len()
-    );
-    let _ = tcp.write_all(head.as_bytes()).await;
-    let _ = tcp.write_all(&body).await;
-    let _ = tcp.shutdown().await;
-    linger(tcp).await;
-}
-
-/// Reads and discards what the client is still sending (briefly, bounded)
-/// before the socket is dropped: closing with unread input makes the kernel
-/// send a reset, which can destroy the answer before the client reads it.
-async fn linger(tcp: &mut TcpStream) {
-    use tokio::io::AsyncReadExt;
-    // On the heap: a stack buffer here would enlarge every connection task.
-    let mut sink = vec![0u8; 4096];
-    let mut budget: usize = 256 * 1024;
-    let drain = async {
-        while budget > 0 {
-            match tcp.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => budget = budget.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 struct FirstRequest {
@@ -155,16 +86,14 @@ struct FirstRequest {
 }
 
 impl FirstRequest {
+    /// The common case: an HTTP/1.1 `GET` without a body of a stream path.
     fn is_raw_stream(&self, shared: &Shared) -> bool {
-        self.method_get && self.http11 && !self.has_body && shared.is_stream_path(&self.request.url)
+        let path = self.request.url.split('?').next().unwrap_or("");
+        self.method_get
+            && self.http11
+            && !self.has_body
+            && routes::resolve(&Method::GET, path, Listener::Public, shared.app_stream_path()) == Route::Stream
     }
-}
-
-/// True for the gateway's own routes (health, metrics, the internal API).
-pub(crate) fn is_gateway_route(url: &str) -> bool {
-    let path = url.split('?').next().unwrap_or("");
-    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/internal" | "/internal/send" | "/internal/publish")
-        || path.starts_with("/internal/")
 }
 
 enum Head {
@@ -226,52 +155,6 @@ fn parse_head(buf: &[u8]) -> Option<Head> {
     }
 }
 
-/// A socket whose first bytes were already read: hyper sees them again first.
-pub(crate) struct Rewind {
-    prefix: Bytes,
-    inner: TcpStream,
-}
-
-impl Rewind {
-    pub(crate) fn new(prefix: Bytes, inner: TcpStream) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,8 +167,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
         let (server, peer) = listener.accept().await.unwrap();
-        let gw = crate::Gateway::new(crate::Config::default(), None);
-        let fut = serve(std::sync::Arc::clone(&gw.shared), server, peer, Listener::Public);
+        let gw = crate::Gateway::builder(crate::Config::default()).build();
+        let fut = serve(std::sync::Arc::clone(gw.shared()), server, peer, Listener::Public);
         let size = std::mem::size_of_val(&fut);
         // 4.7 KiB before the head parser's header array and the linger buffer
         // were moved off the task; keep it well under 1 KiB.
@@ -296,19 +179,9 @@ mod tests {
             listener.accept().await.unwrap()
         };
         let request = ClientRequest { url: "/".into(), headers: vec![] };
-        let stream_phase = raw(std::sync::Arc::clone(&gw.shared), server, request);
+        let stream_phase = raw(std::sync::Arc::clone(gw.shared()), server, request);
         let size = std::mem::size_of_val(&stream_phase);
         assert!(size <= 1024, "stream future is {size} bytes");
         drop((stream_phase, client));
-    }
-
-    #[test]
-    fn gateway_routes_are_recognised() {
-        for p in ["/healthz", "/readyz?x", "/metrics", "/internal", "/internal/send", "/internal/x?y"] {
-            assert!(is_gateway_route(p), "{p}");
-        }
-        for p in ["/", "/api/sse/stream?request_id=1", "/healthzz", "/internalx"] {
-            assert!(!is_gateway_route(p), "{p}");
-        }
     }
 }

@@ -1,11 +1,12 @@
-//! The event path's entry points, shared by every ingress (HTTP API and the
-//! in-process [`crate::GatewayHandle`]): resolve through the router, count,
-//! and report in one vocabulary.
+//! The event path's entry points, shared by every ingress (the HTTP API,
+//! RabbitMQ and the in-process [`crate::GatewayHandle`]): resolve through the
+//! router, count, and report in one vocabulary.
 
 use bytes::Bytes;
 
-use crate::Shared;
-use crate::router::SendOutcome;
+use crate::events::{Event, Ingress};
+use crate::metrics::Metrics;
+use crate::router::{Router, SendOutcome};
 
 /// A send was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,17 +46,18 @@ pub enum DeliveryError {
 
 /// Sends to one token.
 pub(crate) fn send(
-    shared: &Shared,
+    router: &Router,
+    metrics: &Metrics,
     token: &str,
     frame: Option<Bytes>,
     close: bool,
 ) -> Result<SendStatus, DeliveryError> {
     let token = parse_token(token).ok_or(DeliveryError::NotFound)?;
     let had_frame = frame.is_some();
-    match shared.router.send(token, frame, close) {
+    match router.send(token, frame, close) {
         SendOutcome::Delivered => {
             if had_frame {
-                shared.metrics.events_published("send", 1);
+                metrics.emit(Event::Published { ingress: Ingress::Send, streams: 1 });
             }
             Ok(SendStatus::Ok)
         }
@@ -63,7 +65,7 @@ pub(crate) fn send(
         SendOutcome::NotFound => Err(DeliveryError::NotFound),
         SendOutcome::BufferFull => Err(DeliveryError::BufferFull),
         SendOutcome::Overflow => {
-            shared.metrics.queue_overflow(1);
+            metrics.emit(Event::SlowConsumersClosed { count: 1 });
             Err(DeliveryError::WriteFailed)
         }
         SendOutcome::WriteFailed => Err(DeliveryError::WriteFailed),
@@ -71,21 +73,23 @@ pub(crate) fn send(
 }
 
 /// Publishes to every stream bound to `key`; returns how many matched.
-pub(crate) fn publish(shared: &Shared, ingress: &'static str, key: &str, frame: Option<&Bytes>, close: bool) -> usize {
-    let result = shared.router.publish(key, frame, close);
+pub(crate) fn publish(
+    router: &Router,
+    metrics: &Metrics,
+    ingress: Ingress,
+    key: &str,
+    frame: Option<&Bytes>,
+    close: bool,
+) -> usize {
+    let result = router.publish(key, frame, close);
     if frame.is_some() {
-        shared.metrics.events_published(ingress, result.matched - result.overflowed);
+        metrics.emit(Event::Published { ingress, streams: result.matched - result.overflowed });
     }
     if result.overflowed > 0 {
-        shared.metrics.queue_overflow(result.overflowed);
+        metrics.emit(Event::SlowConsumersClosed { count: result.overflowed });
     }
     if result.held + result.hold_dropped > 0 {
-        shared.metrics.held(result.held, result.hold_dropped);
-        if result.hold_dropped > 0 {
-            tracing::warn!(key, "hold outgrew STREAM_QUEUE_BYTES and was dropped; its events are lost");
-        } else {
-            tracing::debug!(key, "event held for a returning client");
-        }
+        metrics.emit(Event::Held { key, held: result.held, dropped: result.hold_dropped });
     }
     result.matched
 }

@@ -98,10 +98,6 @@ pub struct Accepted {
     pub request_id: Option<String>,
     /// Routing keys the stream should be reachable by.
     pub bindings: Vec<String>,
-    /// Authenticated user, for metrics and admin (extension).
-    pub subject: Option<String>,
-    /// Role, for metrics and admin (extension).
-    pub role: Option<String>,
 }
 
 /// The hook did not accept the stream; each variant maps to one client answer.
@@ -227,9 +223,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Reads the optional connect answer: a JSON object with `request_id`,
-/// `bindings`, `subject`, `role`; anything else is the same as `{}`.
-pub fn parse_answer(body: &[u8]) -> Accepted {
+/// Reads the optional connect answer: a JSON object with `request_id` and
+/// `bindings`; other fields are ignored, anything else is the same as `{}`.
+fn parse_answer(body: &[u8]) -> Accepted {
     let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Accepted::default();
     };
@@ -239,7 +235,7 @@ pub fn parse_answer(body: &[u8]) -> Accepted {
         .and_then(|v| v.as_array())
         .map(|a| a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
-    Accepted { request_id: string("request_id"), bindings, subject: string("subject"), role: string("role") }
+    Accepted { request_id: string("request_id"), bindings }
 }
 
 impl ConnectHook for HttpCallbackHook {
@@ -282,7 +278,6 @@ mod tests {
         let a = parse_answer(br#"{"request_id":"r1","bindings":["a",1,"b"],"subject":"u","role":"admin","x":1}"#);
         assert_eq!(a.request_id.as_deref(), Some("r1"));
         assert_eq!(a.bindings, vec!["a", "b"]);
-        assert_eq!(a.subject.as_deref(), Some("u"));
         assert_eq!(parse_answer(b""), Accepted::default());
         assert_eq!(parse_answer(b"[1]"), Accepted::default());
         assert_eq!(parse_answer(b"not json"), Accepted::default());

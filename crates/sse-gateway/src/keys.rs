@@ -76,7 +76,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,11 +4,10 @@
 //! `--help`, stated once.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Arg, ArgMatches, Command};
-use sse_gateway::{Config, ConnectHook, Gateway, HttpCallbackHook, SETTINGS};
+use sse_gateway::{Config, Gateway, HttpCallbackHook, SETTINGS};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -78,18 +77,16 @@ fn main() -> ExitCode {
 async fn run(config: Config) -> anyhow::Result<()> {
     let listener = sse_gateway::listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let hook: Option<Arc<dyn ConnectHook>> = match &config.callback_url {
+    let mut builder = Gateway::builder(config.clone());
+    match &config.callback_url {
         Some(url) => {
             let uri: http::Uri = url.parse().context("CALLBACK_URL")?;
             // The query usually carries the backend's secret: never log it.
             info!(callback = %format!("{}://{}{}", uri.scheme_str().unwrap_or("http"), uri.authority().map_or("", |a| a.as_str()), uri.path()), "callback configured");
-            Some(HttpCallbackHook::new(uri, config.callback_timeout))
+            builder = builder.hook(HttpCallbackHook::new(uri, config.callback_timeout));
         }
-        None => {
-            warn!("CALLBACK_URL is not set: every stream request will be answered 503");
-            None
-        }
-    };
+        None => warn!("CALLBACK_URL is not set: every stream request will be answered 503"),
+    }
     let internal = match config.internal_listen {
         Some(addr) => {
             let l = sse_gateway::listen(addr).with_context(|| format!("cannot listen on {addr} (internal)"))?;
@@ -101,7 +98,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         warn!("neither INTERNAL_PORT nor INTERNAL_API_SECRET is set: /internal/publish and /metrics are not reachable");
     }
     let internal_addr = internal.as_ref().map(TcpListener::local_addr).transpose()?;
-    let gateway = Gateway::new(config, hook);
+    let gateway = builder.build();
     let shutdown = gateway.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

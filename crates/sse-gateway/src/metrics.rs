@@ -1,9 +1,6 @@
-//! Prometheus metrics: every counter the gateway keeps, registered in one place.
-//!
-//! Other modules call the small methods here (one per occurrence), so names
-//! and label values are fixed in this file and nowhere else.
-
-use std::time::Duration;
+//! Prometheus metrics: every counter the gateway keeps, registered in one
+//! place. They move through `events` (one occurrence type each, with fixed
+//! label values); only the socket writers add bytes here directly.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -11,8 +8,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
-use crate::hook::DisconnectReason;
 
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
@@ -24,25 +19,26 @@ fn histogram() -> Histogram {
 }
 
 /// The gateway's metrics and their registry.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    active: Gauge,
-    connections: Family<Labels1, Counter>,
-    disconnects: Family<Labels1, Counter>,
-    refused: Family<Labels1, Counter>,
-    callbacks: Family<Labels2, Counter>,
-    callback_seconds: Family<Labels1, Histogram, fn() -> Histogram>,
-    api: Family<Labels2, Counter>,
-    api_seconds: Family<Labels1, Histogram, fn() -> Histogram>,
-    overflows: Family<Labels1, Counter>,
-    published: Family<Labels1, Counter>,
-    delivered: Counter,
+    pub(crate) active: Gauge,
+    pub(crate) connections: Family<Labels1, Counter>,
+    pub(crate) disconnects: Family<Labels1, Counter>,
+    pub(crate) refused: Family<Labels1, Counter>,
+    pub(crate) callbacks: Family<Labels2, Counter>,
+    pub(crate) callback_seconds: Family<Labels1, Histogram, fn() -> Histogram>,
+    pub(crate) api: Family<Labels2, Counter>,
+    pub(crate) api_seconds: Family<Labels1, Histogram, fn() -> Histogram>,
+    pub(crate) overflows: Family<Labels1, Counter>,
+    pub(crate) published: Family<Labels1, Counter>,
+    pub(crate) delivered: Counter,
     bytes_written: Counter,
-    broker_up: Gauge,
-    broker_connects: Counter,
-    broker_messages: Family<Labels1, Counter>,
-    held: Counter,
-    hold_dropped: Counter,
+    pub(crate) broker_up: Gauge,
+    pub(crate) broker_connects: Counter,
+    pub(crate) broker_messages: Family<Labels1, Counter>,
+    pub(crate) held: Counter,
+    pub(crate) hold_dropped: Counter,
+    pub(crate) errors: Family<Labels2, Counter>,
 }
 
 impl Default for Metrics {
@@ -66,6 +62,7 @@ impl Default for Metrics {
             broker_messages: Family::default(),
             held: Counter::default(),
             hold_dropped: Counter::default(),
+            errors: Family::default(),
         };
         let mut registry = Registry::default();
         registry.register("sse_gateway_active_connections", "Open SSE streams", m.active.clone());
@@ -125,94 +122,28 @@ impl Default for Metrics {
             "Holds dropped because they outgrew the stream queue bound (their events are lost)",
             m.hold_dropped.clone(),
         );
+        registry.register(
+            "sse_gateway_error_answers",
+            "Errors by fault class (client, backend, broker, internal) and code",
+            m.errors.clone(),
+        );
         Self { registry, ..m }
     }
 }
 
 impl Metrics {
-    /// A stream opened.
-    pub fn stream_opened(&self) {
-        self.active.inc();
-        self.connections.get_or_create(&[("action", "connect")]).inc();
-    }
-
-    /// A stream ended.
-    pub fn stream_ended(&self, reason: DisconnectReason) {
-        self.active.dec();
-        self.connections.get_or_create(&[("action", "disconnect")]).inc();
-        self.disconnects.get_or_create(&[("reason", reason.as_str())]).inc();
-    }
-
-    /// A stream request was answered with a retry hint (`max_connections`).
-    pub fn stream_refused(&self, reason: &'static str) {
-        self.refused.get_or_create(&[("reason", reason)]).inc();
-    }
-
-    /// A callback finished with `outcome` after `elapsed`.
-    pub fn callback(&self, action: &'static str, outcome: &'static str, elapsed: Duration) {
-        self.callbacks.get_or_create(&[("action", action), ("outcome", outcome)]).inc();
-        self.callback_seconds.get_or_create(&[("action", action)]).observe(elapsed.as_secs_f64());
-    }
-
-    /// An internal API request was answered.
-    pub fn api_answered(&self, endpoint: &'static str, status: u16, elapsed: Duration) {
-        let label = match status {
-            200 => "200",
-            400 => "400",
-            401 => "401",
-            403 => "403",
-            404 => "404",
-            413 => "413",
-            429 => "429",
-            500 => "500",
-            _ => "other",
-        };
-        self.api.get_or_create(&[("endpoint", endpoint), ("status", label)]).inc();
-        self.api_seconds.get_or_create(&[("endpoint", endpoint)]).observe(elapsed.as_secs_f64());
-    }
-
-    /// Streams closed as slow consumers.
-    pub fn queue_overflow(&self, n: usize) {
-        self.overflows.get_or_create(&[("reason", "slow_consumer")]).inc_by(n as u64);
-    }
-
-    /// An event was accepted through `ingress` and queued on `streams` streams.
-    pub fn events_published(&self, ingress: &'static str, streams: usize) {
-        self.published.get_or_create(&[("ingress", ingress)]).inc();
-        self.delivered.inc_by(streams as u64);
-    }
-
-    /// The broker connection went up or down.
-    pub fn broker_connected(&self, up: bool) {
-        self.broker_up.set(i64::from(up));
-        if up {
-            self.broker_connects.inc();
-        }
-    }
-
-    /// An AMQP message was handled.
-    pub fn broker_message(&self, outcome: &'static str) {
-        self.broker_messages.get_or_create(&[("outcome", outcome)]).inc();
-    }
-
-    /// A publish was held for a returning client (or its hold dropped).
-    pub fn held(&self, held: usize, dropped: usize) {
-        self.held.inc_by(held as u64);
-        self.hold_dropped.inc_by(dropped as u64);
-    }
-
     /// Bytes went out on a client socket.
-    pub fn bytes_written(&self, n: usize) {
+    pub(crate) fn bytes_written(&self, n: usize) {
         self.bytes_written.inc_by(n as u64);
     }
 
     /// The bytes-written counter itself (a shared handle), for socket writers.
-    pub fn bytes_counter(&self) -> Counter {
+    pub(crate) fn bytes_counter(&self) -> Counter {
         self.bytes_written.clone()
     }
 
     /// The text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -12,7 +12,9 @@
 //! right after the 200 headers and before `ready`.
 //!
 //! Lock order: the router lock may be held while taking a stream queue's lock,
-//! never the reverse; no lock is held across an `.await`. Publishing holds the
+//! never the reverse; no lock is held across an `.await`, and under either
+//! lock only non-blocking calls happen (a write-through is one non-blocking
+//! vectored write). Publishing holds the
 //! read lock while pushing the one shared buffer to each matched queue, so a
 //! publish never allocates per stream.
 
@@ -24,7 +26,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::hook::DisconnectReason;
-use crate::stream::{PushError, StreamQueue};
+use crate::queue::{PushError, StreamQueue};
 
 /// Events sent to a token while its connect hook is deciding.
 #[derive(Debug, Default)]
@@ -90,7 +92,7 @@ impl State {
 
 /// What happened to a send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendOutcome {
+pub(crate) enum SendOutcome {
     /// Queued on an open stream.
     Delivered,
     /// Held until the connect hook answers.
@@ -107,15 +109,15 @@ pub enum SendOutcome {
 
 /// What a publish did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Published {
+pub(crate) struct Published {
     /// Streams bound to the key.
-    pub matched: usize,
+    pub(crate) matched: usize,
     /// Of those, streams whose queue overflowed and which are now closed.
-    pub overflowed: usize,
+    pub(crate) overflowed: usize,
     /// 1 when the event was kept for a client expected back (resume), else 0.
-    pub held: usize,
+    pub(crate) held: usize,
     /// 1 when a hold overflowed and was dropped (its events are lost), else 0.
-    pub hold_dropped: usize,
+    pub(crate) hold_dropped: usize,
 }
 
 /// Publishes to at most this many streams write through to idle sockets
@@ -151,11 +153,11 @@ fn deliver_each<'a>(
 }
 
 /// Routing keys a removed stream (or an expired hold) no longer needs.
-pub type Released = Vec<Box<str>>;
+pub(crate) type Released = Vec<Box<str>>;
 
 /// How a newly opened stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Opened {
+pub(crate) enum Opened {
     /// Buffered events then `ready` are queued; the stream is live.
     Live,
     /// A buffered `close` (or a drain) ends the stream after the buffered events.
@@ -166,7 +168,7 @@ pub enum Opened {
 
 /// Why a new stream was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// The gateway is shutting down.
     Draining,
     /// `MAX_CONNECTIONS` streams are already pending or open.
@@ -175,7 +177,7 @@ pub enum Refused {
 
 /// Token and routing-key index of every pending and open stream.
 #[derive(Debug)]
-pub struct Router {
+pub(crate) struct Router {
     state: RwLock<State>,
     queue_limit: usize,
     max_streams: usize,
@@ -187,7 +189,7 @@ impl Router {
     /// at most `queue_limit` bytes each. With a non-zero `resume_ttl`, events
     /// for `connection.<request_id>` are held that long after the stream of
     /// that request_id went away unexpectedly.
-    pub fn new(queue_limit: usize, max_streams: usize, resume_ttl: Duration) -> Self {
+    pub(crate) fn new(queue_limit: usize, max_streams: usize, resume_ttl: Duration) -> Self {
         Self { state: RwLock::default(), queue_limit, max_streams, resume_ttl }
     }
 
@@ -202,7 +204,7 @@ impl Router {
     }
 
     /// Registers a token as pending.
-    pub fn register_pending(&self, token: Uuid) -> Result<(), Refused> {
+    pub(crate) fn register_pending(&self, token: Uuid) -> Result<(), Refused> {
         let mut st = self.write();
         if st.draining {
             return Err(Refused::Draining);
@@ -215,7 +217,7 @@ impl Router {
     }
 
     /// Sends an encoded frame (if any) to a token, then closes it if asked.
-    pub fn send(&self, token: Uuid, frame: Option<Bytes>, close: bool) -> SendOutcome {
+    pub(crate) fn send(&self, token: Uuid, frame: Option<Bytes>, close: bool) -> SendOutcome {
         let mut st = self.write();
         let queue = match st.slots.get_mut(&token) {
             None => return SendOutcome::NotFound,
@@ -259,7 +261,7 @@ impl Router {
     /// if asked. Streams already closing are skipped and not counted. Ended
     /// streams leave the index through [`Router::end_stream`] only, so their
     /// keys are always released in one place.
-    pub fn publish(&self, key: &str, frame: Option<&Bytes>, close: bool) -> Published {
+    pub(crate) fn publish(&self, key: &str, frame: Option<&Bytes>, close: bool) -> Published {
         let mut result = Published::default();
         let st = self.read();
         if st.held_keys.contains_key(key) {
@@ -298,7 +300,7 @@ impl Router {
     ///
     /// Returns how it opened and the key of a hold it took over (whose
     /// reference the caller releases once the new stream's keys are bound).
-    pub fn open(
+    pub(crate) fn open(
         &self,
         queue: &Arc<StreamQueue>,
         keys: Vec<String>,
@@ -380,7 +382,7 @@ impl Router {
     }
 
     /// Forgets a token (pending or open).
-    pub fn remove(&self, token: Uuid) {
+    pub(crate) fn remove(&self, token: Uuid) {
         self.write().remove(token);
     }
 
@@ -388,7 +390,7 @@ impl Router {
     /// no longer needs. A stream that ended unexpectedly (client gone, error)
     /// leaves a hold on `connection.<request_id>` when resume is on and no
     /// other stream of that request_id is live; that key stays needed.
-    pub fn end_stream(&self, queue: &Arc<StreamQueue>, reason: DisconnectReason) -> Released {
+    pub(crate) fn end_stream(&self, queue: &Arc<StreamQueue>, reason: DisconnectReason) -> Released {
         let mut st = self.write();
         let token = queue.token();
         if !matches!(st.slots.get(&token), Some(Slot::Open(o)) if Arc::ptr_eq(&o.queue, queue)) {
@@ -416,7 +418,7 @@ impl Router {
     }
 
     /// Drops holds whose TTL passed; returns their keys (no longer needed).
-    pub fn expire_holds(&self, now: Instant) -> Released {
+    pub(crate) fn expire_holds(&self, now: Instant) -> Released {
         let mut st = self.write();
         let expired: Vec<Box<str>> =
             st.holds.iter().filter(|(_, h)| h.expires <= now).map(|(rid, _)| rid.clone()).collect();
@@ -430,14 +432,15 @@ impl Router {
         released
     }
 
-    /// Every routing key some stream or hold needs (to re-bind after a broker reconnect).
-    pub fn bound_keys(&self) -> Vec<Box<str>> {
+    /// Every routing key some stream or hold needs.
+    #[cfg(test)]
+    pub(crate) fn bound_keys(&self) -> Vec<Box<str>> {
         let st = self.read();
         st.keys.keys().chain(st.held_keys.keys()).cloned().collect()
     }
 
     /// Every open stream (a snapshot; the lock is released on return).
-    pub fn open_streams(&self) -> Vec<Arc<StreamQueue>> {
+    pub(crate) fn open_streams(&self) -> Vec<Arc<StreamQueue>> {
         self.read()
             .slots
             .values()
@@ -449,7 +452,7 @@ impl Router {
     }
 
     /// Pushes `frame` to every open stream; returns how many overflowed.
-    pub fn push_all(&self, frame: &Bytes) -> usize {
+    pub(crate) fn push_all(&self, frame: &Bytes) -> usize {
         let st = self.read();
         st.slots
             .values()
@@ -458,18 +461,18 @@ impl Router {
     }
 
     /// Refuses new registrations and returns every open stream, to be closed.
-    pub fn start_draining(&self) -> Vec<Arc<StreamQueue>> {
+    pub(crate) fn start_draining(&self) -> Vec<Arc<StreamQueue>> {
         self.write().draining = true;
         self.open_streams()
     }
 
     /// True once draining started.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.read().draining
     }
 
     /// Number of (pending, open) streams and of distinct routing keys.
-    pub fn counts(&self) -> (usize, usize, usize) {
+    pub(crate) fn counts(&self) -> (usize, usize, usize) {
         let st = self.read();
         let open = st.slots.values().filter(|s| matches!(s, Slot::Open(_))).count();
         (st.slots.len() - open, open, st.keys.len())
@@ -601,7 +604,7 @@ mod tests {
         q.take_batch(&mut out, 64, std::task::Waker::noop());
         assert_eq!(
             q.take_batch(&mut out, 64, std::task::Waker::noop()),
-            crate::stream::Batch::End(DisconnectReason::ServerClosed)
+            crate::queue::Batch::End(DisconnectReason::ServerClosed)
         );
     }
 

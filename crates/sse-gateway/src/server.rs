@@ -12,9 +12,12 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::Shared;
-use crate::connection::{self, Listener};
+use crate::connection;
+use crate::events::Event;
 use crate::hook::DisconnectReason;
+use crate::retry::RetryHint;
+use crate::routes::Listener;
+use crate::shared::Shared;
 
 /// Accept backlog of every listener: the default (128) overflows when
 /// thousands of clients reconnect at once (after a drain or a deploy), and
@@ -33,7 +36,10 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 pub(crate) async fn serve(shared: Arc<Shared>, public: TcpListener, internal: Option<TcpListener>) {
     let connections = TaskTracker::new();
     let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&shared)));
-    let broker = shared.amqp.clone().map(|a| tokio::spawn(a.run(Arc::clone(&shared))));
+    let broker = shared
+        .amqp
+        .clone()
+        .map(|a| tokio::spawn(a.run(Arc::clone(&shared.router), Arc::clone(&shared.metrics), shared.shutdown.clone())));
     let holds = (!shared.config.resume_ttl.is_zero()).then(|| tokio::spawn(expire_holds_loop(Arc::clone(&shared))));
     let internal_loop =
         internal.map(|l| tokio::spawn(accept_loop(Arc::clone(&shared), l, Listener::Internal, connections.clone())));
@@ -80,7 +86,7 @@ async fn drain(shared: &Arc<Shared>, connections: &TaskTracker) {
     let streams = shared.router.start_draining();
     info!(streams = streams.len(), "shutting down: draining streams");
     for q in &streams {
-        q.close(Some(crate::retry_hint(1_000, 5_000)), DisconnectReason::ServerClosed);
+        q.close(Some(RetryHint::Draining.frame()), DisconnectReason::ServerClosed);
     }
     drop(streams);
     connections.close();
@@ -119,7 +125,7 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
         tick.tick().await;
         let overflowed = shared.router.push_all(&heartbeat);
         if overflowed > 0 {
-            shared.metrics.queue_overflow(overflowed);
+            shared.metrics.emit(Event::SlowConsumersClosed { count: overflowed });
         }
     }
 }

@@ -173,7 +173,7 @@ async fn reconnect_with_the_same_request_id_within_the_ttl_receives_what_was_pub
         &url,
         &p,
         "gw1",
-        &[("RABBITMQ_QUEUE_TTL_MS", "60000"), ("RUST_LOG", "info,sse_gateway::deliver=debug")],
+        &[("RABBITMQ_QUEUE_TTL_MS", "60000"), ("RUST_LOG", "info,sse_gateway::events=debug")],
     )
     .await;
     let (c, _) = stream(&gw, &backend, "/s?request_id=phone").await;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use sse_gateway::hook::HookFuture;
 use sse_gateway::{
-    Accepted, AppBody, AppService, ClientRequest, Config, ConnectHook, DisconnectReason, Gateway, OutEvent, Refusal,
+    Accepted, AppBody, AppService, ClientRequest, Config, ConnectHook, DisconnectReason, Gateway, HookFuture, OutEvent,
+    Refusal,
 };
 use sse_testkit::{SseClient, request};
 use uuid::Uuid;
@@ -18,11 +18,7 @@ impl ConnectHook for AcceptAll {
     fn connect<'a>(&'a self, _: Uuid, r: &'a ClientRequest) -> HookFuture<'a, Result<Accepted, Refusal>> {
         let rid = r.url.split("request_id=").nth(1).map(str::to_owned);
         Box::pin(async move {
-            Ok(Accepted {
-                bindings: rid.iter().map(|r| format!("connection.{r}")).collect(),
-                request_id: rid,
-                ..Accepted::default()
-            })
+            Ok(Accepted { bindings: rid.iter().map(|r| format!("connection.{r}")).collect(), request_id: rid })
         })
     }
     fn disconnect<'a>(
@@ -51,7 +47,7 @@ async fn embedded_gateway_serves_one_stream_path_and_hands_the_rest_to_the_app()
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hook: Arc<dyn ConnectHook> = Arc::new(AcceptAll);
-    let gateway = Gateway::new(Config::default(), Some(hook)).with_app("/api/sse/stream", app());
+    let gateway = Gateway::builder(Config::default()).hook(hook).app("/api/sse/stream", app()).build();
     let handle = gateway.handle();
     let stop = gateway.shutdown_token();
     let served = tokio::spawn(gateway.serve(listener, None));

@@ -1,6 +1,6 @@
 //! Wiring: the one place that builds every service from [`HubConfig`],
 //! composes their routes, and serves them, either inside the in-process
-//! gateway (`Gateway::with_app`, streams at `/api/sse/stream`) or, with
+//! gateway (`Gateway::builder(..).app(..)`, streams at `/api/sse/stream`) or, with
 //! `SSE_GATEWAY_URL` set, as a plain backend behind an external gateway
 //! (`POST /api/sse/callback`, events over HTTP).
 
@@ -257,8 +257,10 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
             amqp,
             ..sse_gateway::Config::default()
         };
-        let gateway =
-            Gateway::new(gw_config, Some(InProcessHook::new(callback))).with_app(STREAM_PATH, app_service(router));
+        let gateway = Gateway::builder(gw_config)
+            .hook(InProcessHook::new(callback))
+            .app(STREAM_PATH, app_service(router))
+            .build();
         deferred.attach(gateway.handle());
         let token = gateway.shutdown_token();
         (tokio::spawn(gateway.serve(listener, None)), Some(token))

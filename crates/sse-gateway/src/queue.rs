@@ -1,38 +1,54 @@
-//! One client stream: its bounded byte queue, and the guard that reports its end.
+//! One client stream's bounded byte queue and its state machine, and the
+//! guard that reports the stream's end.
 //!
 //! Producers (the router, the heartbeat ticker) push shared, already-encoded
-//! `Bytes` into a [`StreamQueue`]; the stream's writer (the raw socket writer
-//! in `raw_stream`, or [`SseBody`] when hyper serves the connection) takes them
-//! out in order. Nothing is copied per stream: every queue holds clones of the
-//! same reference-counted buffer.
+//! `Bytes` into a [`StreamQueue`]; the stream's writer takes them out in
+//! order: a [`Sink`] (the raw socket writer) through
+//! [`StreamQueue::poll_flush`], or the hyper path through
+//! [`StreamQueue::take_batch`]. Nothing is copied per stream: every queue
+//! holds clones of the same reference-counted buffer. This module knows
+//! nothing of sockets or hyper.
 //!
 //! The queue is bounded in bytes. The push that would exceed the bound drops
 //! what is queued, queues a `retry:` hint instead, marks the stream closing
 //! with reason `error` and wakes the writer, which writes the hint if the
-//! socket takes it and closes the connection; a hyper-served stream is cut
-//! through its abort token instead.
+//! peer takes it and ends the stream; a hyper-served stream is cut through
+//! its abort token instead.
+//!
+//! Lock rule: the queue lock is taken after the router lock, never before,
+//! and under it only non-blocking calls happen (a [`Sink`] write is one
+//! non-blocking vectored write); nothing awaits while holding it.
 //!
 //! Whatever ends a stream, dropping its [`StreamHandle`] runs the end hook
 //! once with the recorded reason: the single place disconnects are reported.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::pin::Pin;
+use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::chunk::{Chunk, MAX_FRAMES};
 use crate::hook::{ClientRequest, DisconnectReason};
-use crate::raw_stream::{Outgoing, RawSink};
+use crate::retry::RetryHint;
+
+/// Where a stream's bytes go when a writer owns its connection (the raw
+/// socket). Its methods run under the queue lock, so each must return at
+/// once: no blocking call, no await.
+pub(crate) trait Sink: Send + Sync + std::fmt::Debug {
+    /// Writes as much of `chunk` as the peer takes now; `Ok(true)` once all of it is out.
+    fn write(&self, chunk: &mut Chunk) -> io::Result<bool>;
+    /// Ready when the sink can take more bytes (or has failed).
+    fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
 
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushError {
+pub(crate) enum PushError {
     /// The stream is closing or gone; the reason it ended.
     Closed(DisconnectReason),
     /// This push would exceed the queue bound; the stream is now closing with `error`.
@@ -47,26 +63,26 @@ struct QueueState {
     closing: Option<DisconnectReason>,
     /// Stop at once, even mid-write (shutdown deadline).
     cut: bool,
-    /// Raw streams: the chunk being written to the socket (under this lock).
-    out: Outgoing,
-    /// A raw stream's socket, while its writer runs: lets `push` write through.
-    sink: Option<Arc<RawSink>>,
+    /// The chunk being written to the sink (under this lock).
+    out: Chunk,
+    /// The sink, while its writer runs: lets `push` write through.
+    sink: Option<Arc<dyn Sink>>,
 }
 
-/// How a raw stream's writer stopped.
+/// How flushing a stream into its sink stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RawStop {
+pub(crate) enum Flushed {
     /// The stream ended and the terminating chunk went out.
     Ended,
-    /// The client went away or the socket failed.
-    Gone,
-    /// Dropped at once (overflow while the socket was blocked, or the shutdown cut).
+    /// The sink failed (the peer went away).
+    Failed,
+    /// Dropped at once (overflow while the sink was blocked, or the shutdown cut).
     Abandoned,
 }
 
 /// What a writer found in the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Batch {
+pub(crate) enum Batch {
     /// Frames were moved into the batch.
     Frames,
     /// Nothing queued; the waker is registered.
@@ -79,7 +95,7 @@ pub enum Batch {
 
 /// The per-stream queue, shared by producers and the stream's writer.
 #[derive(Debug)]
-pub struct StreamQueue {
+pub(crate) struct StreamQueue {
     token: Uuid,
     request: Arc<ClientRequest>,
     limit: usize,
@@ -91,17 +107,22 @@ pub struct StreamQueue {
 
 impl StreamQueue {
     /// A new, empty queue bounded to `limit` bytes.
-    pub fn new(token: Uuid, request: Arc<ClientRequest>, limit: usize, abort: Option<CancellationToken>) -> Arc<Self> {
+    pub(crate) fn new(
+        token: Uuid,
+        request: Arc<ClientRequest>,
+        limit: usize,
+        abort: Option<CancellationToken>,
+    ) -> Arc<Self> {
         Arc::new(Self { token, request, limit, state: Mutex::default(), waker: AtomicWaker::new(), abort })
     }
 
     /// The stream's token.
-    pub fn token(&self) -> Uuid {
+    pub(crate) fn token(&self) -> Uuid {
         self.token
     }
 
     /// The client's original request (forwarded in the disconnect callback).
-    pub fn request(&self) -> &Arc<ClientRequest> {
+    pub(crate) fn request(&self) -> &Arc<ClientRequest> {
         &self.request
     }
 
@@ -113,7 +134,7 @@ impl StreamQueue {
 
     /// Queues a frame for the stream's writer task. Fails if the stream is
     /// closing, or overflows it.
-    pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+    pub(crate) fn push(&self, frame: Bytes) -> Result<(), PushError> {
         self.push_with(frame, false)
     }
 
@@ -123,7 +144,7 @@ impl StreamQueue {
     /// is left for the writer task, in order. Worth it for one stream or a
     /// few; a broadcast instead wakes the writers, which run on every core
     /// and batch what piles up under load.
-    pub fn push_with(&self, frame: Bytes, write_through: bool) -> Result<(), PushError> {
+    pub(crate) fn push_with(&self, frame: Bytes, write_through: bool) -> Result<(), PushError> {
         let mut st = self.lock();
         if let Some(reason) = st.closing {
             return Err(PushError::Closed(reason));
@@ -145,7 +166,7 @@ impl StreamQueue {
         }
         if st.bytes + frame.len() > self.limit {
             st.items.clear();
-            let hint = crate::retry_hint(5_000, 10_000);
+            let hint = RetryHint::SlowConsumer.frame();
             st.bytes = hint.len();
             st.items.push_back(hint);
             st.closing = Some(DisconnectReason::Error);
@@ -165,7 +186,7 @@ impl StreamQueue {
 
     /// Ends the stream after what is queued plus `last` (written even past the bound).
     /// Returns false if it was already closing.
-    pub fn close(&self, last: Option<Bytes>, reason: DisconnectReason) -> bool {
+    pub(crate) fn close(&self, last: Option<Bytes>, reason: DisconnectReason) -> bool {
         let mut st = self.lock();
         if st.closing.is_some() {
             return false;
@@ -181,7 +202,7 @@ impl StreamQueue {
     }
 
     /// Stops the stream at once (shutdown deadline); its reason stays as recorded.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         let mut st = self.lock();
         st.cut = true;
         st.closing.get_or_insert(DisconnectReason::ServerClosed);
@@ -193,13 +214,14 @@ impl StreamQueue {
     }
 
     /// Bytes waiting to be written.
-    pub fn queued_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.lock().bytes
     }
 
     /// Moves up to `max` queued frames into `out`, or reports why there are none.
     /// Registers `waker` when it returns [`Batch::Empty`].
-    pub fn take_batch(&self, out: &mut Vec<Bytes>, max: usize, waker: &Waker) -> Batch {
+    pub(crate) fn take_batch(&self, out: &mut Vec<Bytes>, max: usize, waker: &Waker) -> Batch {
         let mut st = self.lock();
         if st.cut {
             return Batch::Abandon;
@@ -223,31 +245,26 @@ impl StreamQueue {
         Batch::Frames
     }
 
-    /// Lets publishers write straight to this raw stream's socket.
-    pub(crate) fn attach_sink(&self, sink: Arc<RawSink>) {
+    /// Lets publishers write straight to this stream's sink.
+    pub(crate) fn attach_sink(&self, sink: Arc<dyn Sink>) {
         self.lock().sink = Some(sink);
     }
 
-    /// The raw stream's writer: drains the queue into the socket until the
-    /// stream ends, the client leaves, or the queue says to abandon it.
-    pub(crate) fn poll_raw(&self, sink: &RawSink, cx: &mut Context<'_>) -> Poll<RawStop> {
+    /// Drains the queue into `sink` until the stream ends, the sink fails,
+    /// or the queue says to abandon it; `Pending` when everything queued is
+    /// written (or the sink is blocked) and the stream goes on.
+    pub(crate) fn poll_flush(&self, sink: &dyn Sink, cx: &mut Context<'_>) -> Poll<Flushed> {
         loop {
-            // The client sends nothing after its request; readable means EOF (or junk to discard).
-            if let Poll::Ready(r) = sink.tcp.poll_read_ready(cx)
-                && (r.is_err() || crate::connection::peer_closed(&sink.tcp))
-            {
-                return Poll::Ready(RawStop::Gone);
-            }
             let mut st = self.lock();
             if st.cut {
-                return Poll::Ready(RawStop::Abandoned);
+                return Poll::Ready(Flushed::Abandoned);
             }
             if st.out.is_empty() {
                 if st.out.terminated {
-                    return Poll::Ready(RawStop::Ended);
+                    return Poll::Ready(Flushed::Ended);
                 }
                 if !st.items.is_empty() {
-                    let n = st.items.len().min(crate::raw_stream::MAX_FRAMES);
+                    let n = st.items.len().min(MAX_FRAMES);
                     for _ in 0..n {
                         if let Some(b) = st.items.pop_front() {
                             st.bytes -= b.len();
@@ -262,43 +279,28 @@ impl StreamQueue {
                     return Poll::Pending;
                 }
             }
-            match sink.tcp.poll_write_ready(cx) {
+            match sink.poll_writable(cx) {
                 Poll::Pending => {
                     // Blocked on a client that does not read: an overflow (or the
                     // cut) must still be able to end this stream.
                     self.waker.register(cx.waker());
                     if st.closing == Some(DisconnectReason::Error) {
-                        return Poll::Ready(RawStop::Abandoned);
+                        return Poll::Ready(Flushed::Abandoned);
                     }
                     return Poll::Pending;
                 }
-                Poll::Ready(Err(_)) => return Poll::Ready(RawStop::Gone),
+                Poll::Ready(Err(_)) => return Poll::Ready(Flushed::Failed),
                 Poll::Ready(Ok(())) => {}
             }
             if sink.write(&mut st.out).is_err() {
-                return Poll::Ready(RawStop::Gone);
+                return Poll::Ready(Flushed::Failed);
             }
         }
     }
 
     /// Why the stream is ending, once it is.
-    pub fn closing(&self) -> Option<DisconnectReason> {
+    pub(crate) fn closing(&self) -> Option<DisconnectReason> {
         self.lock().closing
-    }
-
-    /// Wakes `waker` on the next push, close or cut.
-    pub fn register(&self, waker: &Waker) {
-        self.waker.register(waker);
-    }
-
-    /// True once the shutdown deadline cut this stream.
-    pub fn is_cut(&self) -> bool {
-        self.lock().cut
-    }
-
-    /// True once the stream closed because its client could not keep up.
-    pub fn overflowed(&self) -> bool {
-        self.lock().closing == Some(DisconnectReason::Error)
     }
 
     /// Marks the stream gone and returns why it ended (client_closed unless
@@ -313,22 +315,22 @@ impl StreamQueue {
 }
 
 /// Runs once when a stream ends, with the reason it ended.
-pub type EndHook = Box<dyn FnOnce(&Arc<StreamQueue>, DisconnectReason) + Send + Sync>;
+pub(crate) type EndHook = Box<dyn FnOnce(&Arc<StreamQueue>, DisconnectReason) + Send + Sync>;
 
 /// Ownership of an open stream: dropping it reports the end, exactly once.
-pub struct StreamHandle {
+pub(crate) struct StreamHandle {
     queue: Arc<StreamQueue>,
     on_end: Option<EndHook>,
 }
 
 impl StreamHandle {
     /// A handle for `queue`; `on_end` runs when the handle is dropped.
-    pub fn new(queue: Arc<StreamQueue>, on_end: EndHook) -> Self {
+    pub(crate) fn new(queue: Arc<StreamQueue>, on_end: EndHook) -> Self {
         Self { queue, on_end: Some(on_end) }
     }
 
     /// The stream's queue.
-    pub fn queue(&self) -> &Arc<StreamQueue> {
+    pub(crate) fn queue(&self) -> &Arc<StreamQueue> {
         &self.queue
     }
 }
@@ -338,79 +340,6 @@ impl Drop for StreamHandle {
         let reason = self.queue.finish();
         if let Some(hook) = self.on_end.take() {
             hook(&self.queue, reason);
-        }
-    }
-}
-
-/// The response body of a stream served through hyper.
-pub struct SseBody {
-    handle: StreamHandle,
-    batch: Vec<Bytes>,
-}
-
-impl SseBody {
-    /// A body draining the handle's queue.
-    pub fn new(handle: StreamHandle) -> Self {
-        Self { handle, batch: Vec::new() }
-    }
-}
-
-impl http_body::Body for SseBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        if this.batch.is_empty() {
-            match this.handle.queue.take_batch(&mut this.batch, 64, cx.waker()) {
-                Batch::Frames => this.batch.reverse(),
-                Batch::Empty => return Poll::Pending,
-                Batch::End(_) | Batch::Abandon => return Poll::Ready(None),
-            }
-        }
-        Poll::Ready(this.batch.pop().map(|b| Ok(Frame::data(b))))
-    }
-}
-
-/// Every response body the hyper-served surface produces.
-pub enum ResponseBody {
-    /// An embedding application's answer.
-    App(crate::AppBody),
-    /// A complete body with a known length (JSON answers).
-    Full(Option<Bytes>),
-    /// A complete body sent chunked, like a stream that ends at once (in-stream answers).
-    Chunked(Option<Bytes>),
-    /// A live SSE stream.
-    Stream(SseBody),
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ResponseBody::Full(b) | ResponseBody::Chunked(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Stream(s) => Pin::new(s).poll_frame(cx).map(|f| f.map(|r| r.map_err(|e| match e {}))),
-            ResponseBody::App(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Full(None) | ResponseBody::Chunked(None) => true,
-            ResponseBody::App(b) => b.is_end_stream(),
-            _ => false,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ResponseBody::App(b) => b.size_hint(),
-            _ => SizeHint::default(),
         }
     }
 }

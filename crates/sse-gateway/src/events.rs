@@ -1,0 +1,263 @@
+//! Every notable occurrence of the gateway as one type: [`Event`]. Emitting
+//! one writes its log line (once, at its level) and moves its counters, with
+//! label values from the enums here; no other module logs an occurrence and
+//! counts it by hand, and no label value is written anywhere else.
+
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::error::ErrorCode;
+use crate::hook::{DisconnectReason, Refusal};
+use crate::metrics::Metrics;
+
+/// Why a stream request was answered with a `retry:` hint without asking the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefuseReason {
+    MaxConnections,
+    BrokerUnavailable,
+    Draining,
+}
+
+impl RefuseReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::BrokerUnavailable => "broker_unavailable",
+            Self::Draining => "draining",
+        }
+    }
+}
+
+/// Where an event entered the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ingress {
+    Send,
+    Publish,
+    Amqp,
+    InProcess,
+}
+
+impl Ingress {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Send => "send",
+            Self::Publish => "publish",
+            Self::Amqp => "amqp",
+            Self::InProcess => "in_process",
+        }
+    }
+}
+
+/// An internal API endpoint with its own request metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Send,
+    Publish,
+}
+
+impl Endpoint {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Send => "send",
+            Self::Publish => "publish",
+        }
+    }
+}
+
+/// The `outcome` label of a connect callback.
+pub(crate) fn connect_outcome(result: Result<(), &Refusal>) -> &'static str {
+    match result {
+        Ok(()) => "accepted",
+        Err(Refusal::Rejected { .. }) => "rejected",
+        Err(Refusal::Status(_)) => "status",
+        Err(Refusal::Timeout) => "timeout",
+        Err(Refusal::Unavailable(_)) => "unavailable",
+    }
+}
+
+/// Something that happened; [`Metrics::emit`] logs and counts it.
+#[derive(Debug)]
+pub(crate) enum Event<'a> {
+    StreamOpened {
+        token: Uuid,
+        request_id: Option<&'a str>,
+    },
+    StreamEnded {
+        token: Uuid,
+        reason: DisconnectReason,
+    },
+    StreamRefused {
+        reason: RefuseReason,
+        max_connections: usize,
+    },
+    /// The backend answered (or failed) a connect callback.
+    ConnectAnswered {
+        token: Uuid,
+        result: Result<(), &'a Refusal>,
+        elapsed: Duration,
+    },
+    /// The client left while its connect callback ran (the backend hears a disconnect).
+    ClientLeftDuringConnect {
+        token: Uuid,
+    },
+    /// The broker could not bind the new stream's keys; it ends with `error`.
+    RoutingSetupFailed {
+        token: Uuid,
+        error: &'a dyn std::error::Error,
+    },
+    DisconnectAnswered {
+        token: Uuid,
+        result: Result<(), &'a Refusal>,
+        elapsed: Duration,
+    },
+    /// An event was accepted through `ingress` and queued on `streams` streams.
+    Published {
+        ingress: Ingress,
+        streams: usize,
+    },
+    /// Streams closed because their clients did not read fast enough.
+    SlowConsumersClosed {
+        count: usize,
+    },
+    /// Events kept for a request_id expected back, or a hold dropped (its events lost).
+    Held {
+        key: &'a str,
+        held: usize,
+        dropped: usize,
+    },
+    ApiAnswered {
+        endpoint: Endpoint,
+        status: u16,
+        elapsed: Duration,
+    },
+    ErrorAnswered {
+        code: ErrorCode,
+    },
+    BrokerConnected {
+        queue: &'a str,
+        exchange: &'a str,
+    },
+    BrokerLost {
+        shutting_down: bool,
+    },
+    BrokerMessageDelivered,
+    BrokerMessageRejected {
+        key: &'a str,
+        reason: &'a str,
+    },
+}
+
+impl Metrics {
+    /// Logs `event` once and counts it.
+    pub(crate) fn emit(&self, event: Event<'_>) {
+        match event {
+            Event::StreamOpened { token, request_id } => {
+                self.active.inc();
+                self.connections.get_or_create(&[("action", "connect")]).inc();
+                debug!(%token, request_id = request_id.unwrap_or(""), "stream opened");
+            }
+            Event::StreamEnded { token, reason } => {
+                self.active.dec();
+                self.connections.get_or_create(&[("action", "disconnect")]).inc();
+                self.disconnects.get_or_create(&[("reason", reason.as_str())]).inc();
+                debug!(%token, reason = reason.as_str(), "stream ended");
+            }
+            Event::StreamRefused { reason, max_connections } => {
+                self.refused.get_or_create(&[("reason", reason.as_str())]).inc();
+                match reason {
+                    RefuseReason::MaxConnections => {
+                        warn!(max = max_connections, "stream refused: MAX_CONNECTIONS reached")
+                    }
+                    RefuseReason::BrokerUnavailable => debug!("stream refused: RabbitMQ is disconnected"),
+                    RefuseReason::Draining => debug!("stream refused: shutting down"),
+                }
+            }
+            Event::ConnectAnswered { token, result, elapsed } => {
+                self.callback("connect", connect_outcome(result), elapsed);
+                match result {
+                    Ok(()) => {}
+                    Err(Refusal::Rejected { status, .. }) => info!(%token, status, "backend rejected the stream"),
+                    Err(Refusal::Status(status)) => {
+                        warn!(%token, status, "backend answered the connect callback with an error status")
+                    }
+                    Err(Refusal::Timeout) => warn!(%token, "connect callback timed out"),
+                    Err(Refusal::Unavailable(e)) => warn!(%token, error = %e, "backend unavailable"),
+                }
+            }
+            Event::ClientLeftDuringConnect { token } => info!(%token, "client left during the connect callback"),
+            Event::RoutingSetupFailed { token, error } => {
+                self.error_answers(ErrorCode::RoutingSetupFailed);
+                warn!(%token, error = %error, "routing setup failed; closing the stream");
+            }
+            Event::DisconnectAnswered { token, result, elapsed } => match result {
+                Ok(()) => self.callback("disconnect", "ok", elapsed),
+                Err(e) => {
+                    self.callback("disconnect", "failed", elapsed);
+                    warn!(%token, error = %e, "disconnect callback failed");
+                }
+            },
+            Event::Published { ingress, streams } => {
+                self.published.get_or_create(&[("ingress", ingress.as_str())]).inc();
+                self.delivered.inc_by(streams as u64);
+            }
+            Event::SlowConsumersClosed { count } => {
+                self.overflows.get_or_create(&[("reason", "slow_consumer")]).inc_by(count as u64);
+                debug!(count, "closed streams whose clients did not keep up");
+            }
+            Event::Held { key, held, dropped } => {
+                self.held.inc_by(held as u64);
+                self.hold_dropped.inc_by(dropped as u64);
+                if dropped > 0 {
+                    warn!(key, "hold outgrew STREAM_QUEUE_BYTES and was dropped; its events are lost");
+                } else {
+                    debug!(key, "event held for a returning client");
+                }
+            }
+            Event::ApiAnswered { endpoint, status, elapsed } => {
+                let label = match status {
+                    200 => "200",
+                    400 => "400",
+                    401 => "401",
+                    403 => "403",
+                    404 => "404",
+                    413 => "413",
+                    429 => "429",
+                    500 => "500",
+                    _ => "other",
+                };
+                self.api.get_or_create(&[("endpoint", endpoint.as_str()), ("status", label)]).inc();
+                self.api_seconds.get_or_create(&[("endpoint", endpoint.as_str())]).observe(elapsed.as_secs_f64());
+            }
+            Event::ErrorAnswered { code } => self.error_answers(code),
+            Event::BrokerConnected { queue, exchange } => {
+                self.broker_up.set(1);
+                self.broker_connects.inc();
+                info!(queue, exchange, "connected to RabbitMQ");
+            }
+            Event::BrokerLost { shutting_down } => {
+                self.broker_up.set(0);
+                if !shutting_down {
+                    warn!("lost the RabbitMQ connection; new streams are refused until it is back");
+                }
+            }
+            Event::BrokerMessageDelivered => {
+                self.broker_messages.get_or_create(&[("outcome", "delivered")]).inc();
+            }
+            Event::BrokerMessageRejected { key, reason } => {
+                self.broker_messages.get_or_create(&[("outcome", "rejected")]).inc();
+                warn!(key, reason, "rejected an AMQP message");
+            }
+        }
+    }
+
+    fn callback(&self, action: &'static str, outcome: &'static str, elapsed: Duration) {
+        self.callbacks.get_or_create(&[("action", action), ("outcome", outcome)]).inc();
+        self.callback_seconds.get_or_create(&[("action", action)]).observe(elapsed.as_secs_f64());
+    }
+
+    fn error_answers(&self, code: ErrorCode) {
+        self.errors.get_or_create(&[("fault", code.fault().as_str()), ("code", code.as_str())]).inc();
+    }
+}

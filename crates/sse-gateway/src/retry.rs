@@ -1,0 +1,58 @@
+//! Named `retry:` hints: every place that tells a client to come back later
+//! says why, and the range its random delay is drawn from is stated here.
+//!
+//! The delay is random within the range so that clients told to come back
+//! at the same moment (a drain, a broker outage) do not all return at once.
+
+use bytes::Bytes;
+
+/// Why a client is told to reconnect later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetryHint {
+    /// Its stream could not keep up and was closed.
+    SlowConsumer,
+    /// `MAX_CONNECTIONS` streams are open.
+    MaxConnections,
+    /// The RabbitMQ connection is down.
+    BrokerDown,
+    /// The gateway is draining (shutdown): its stream ends or is refused.
+    Draining,
+}
+
+impl RetryHint {
+    /// The delay range in milliseconds, `min..max`.
+    pub(crate) fn range_ms(self) -> (u64, u64) {
+        match self {
+            Self::SlowConsumer => (5_000, 10_000),
+            Self::MaxConnections => (5_000, 15_000),
+            Self::BrokerDown => (2_000, 10_000),
+            Self::Draining => (1_000, 5_000),
+        }
+    }
+
+    /// The encoded `retry:` line with a random delay in the range.
+    pub(crate) fn frame(self) -> Bytes {
+        let (min, max) = self.range_ms();
+        let span = max.saturating_sub(min).max(1);
+        let jitter = (uuid::Uuid::new_v4().as_u128() % u128::from(span)) as u64;
+        sse_wire::encode::retry(min + jitter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_stay_in_their_range() {
+        for hint in [RetryHint::SlowConsumer, RetryHint::MaxConnections, RetryHint::BrokerDown, RetryHint::Draining] {
+            let (min, max) = hint.range_ms();
+            for _ in 0..50 {
+                let frame = hint.frame();
+                let text = std::str::from_utf8(&frame).unwrap();
+                let ms: u64 = text.strip_prefix("retry: ").unwrap().trim_end().parse().unwrap();
+                assert!((min..max).contains(&ms), "{hint:?}: {ms}");
+            }
+        }
+    }
+}
