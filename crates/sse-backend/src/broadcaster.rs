@@ -109,7 +109,7 @@ pub struct HttpBroadcasterConfig {
     /// time the gateway answers 404/405 to it (a plain SSEGateway); a 401/403
     /// (missing secret) falls back to per-token sends for that broadcast.
     pub publish: bool,
-    /// Timeout per request (the seed uses 2 s).
+    /// Timeout per request (2 s by default, as the original backends used).
     pub timeout: Duration,
 }
 

@@ -1,8 +1,9 @@
-//! The connect/disconnect callback (section 2), one implementation for both
+//! The connect/disconnect callback (docs/BACKEND.md, Callback handler), one
+//! implementation for both
 //! ingresses: the `POST /api/sse/callback` axum route ([`CallbackHandler::router`])
 //! and the in-process [`crate::in_process::InProcessHook`].
 //!
-//! Order of checks, as the seed: secret (when configured) -> body present and
+//! Order of checks, as in the original backends: secret (when configured) -> body present and
 //! JSON -> action -> payload shape -> `request_id` (first `request_id` query
 //! parameter; missing/empty or containing `:` -> 400). A connect then resolves
 //! the identity (never rejecting for it), registers the stream with the
@@ -27,7 +28,7 @@ use crate::identity::IdentityResolver;
 /// What a connect answer carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AnswerMode {
-    /// `{}` (the seed; the gateway knows the stream by token only).
+    /// `{}` (as the original backends answer; the gateway knows the stream by token only).
     #[default]
     Empty,
     /// `{"request_id","subject","role","bindings"}`, so a gateway that
@@ -45,7 +46,7 @@ pub struct CallbackConfig {
     pub answer: AnswerMode,
 }
 
-/// A refused callback: status and JSON body exactly as the seed answers.
+/// A refused callback: status and JSON body exactly as the original backends answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallbackError {
     /// 401 `{"error":"Unauthorized"}`.

@@ -1,5 +1,5 @@
-//! Snapshot diffing keyed by a field (section 13.4 with the expiry rule of
-//! decision 19.6). Pure: no I/O, no clock of its own; the caller passes `now`.
+//! Snapshot diffing keyed by a field (docs/BACKEND.md, Leases, with the
+//! expiry rule of decision D6). Pure: no I/O, no clock of its own; the caller passes `now`.
 //!
 //! Each snapshot records, per key, the item and whether it was *active when
 //! the snapshot was taken*. A diff yields, in this order: every `Added`, every

@@ -1,5 +1,5 @@
 //! Wall-clock timestamps in the one JSON format of this crate: ISO-8601 UTC
-//! with microseconds and a `Z` (`2026-06-04T12:00:00.123456Z`), section 19.9.
+//! with microseconds and a `Z` (`2026-06-04T12:00:00.123456Z`); docs/BACKEND.md, Timestamps (decision D9).
 
 use time::OffsetDateTime;
 use time::macros::format_description;
@@ -8,7 +8,7 @@ use time::macros::format_description;
 pub fn iso(t: OffsetDateTime) -> String {
     let fmt = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
     // Formatting a valid UTC date with this description cannot fail except for
-    // years outside 0..=9999, which `now_utc` never yields; fall back to RFC 3339.
+    // years outside 0..=9999, which `now_utc` never yields; fall back to the Unix timestamp.
     t.to_offset(time::UtcOffset::UTC).format(&fmt).unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 

@@ -1,6 +1,7 @@
 //! The toolkit's settings as one typed struct, and the only place that reads
 //! configuration: [`BackendConfig::from_lookup`] takes a lookup function (the
-//! seed's variable names), so tests never touch the process environment.
+//! variable names of the original backends, listed in docs/BACKEND.md,
+//! Configuration), so tests never touch the process environment.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -147,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_seed() {
+    fn defaults_match_the_documented_ones() {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.gateway.gateway_url, "http://localhost:3002");
         assert_eq!(c.gateway.timeout, Duration::from_secs(2));

@@ -4,7 +4,7 @@
 //!
 //! Owns the only copy of that state, behind one `std` mutex that guards map
 //! updates only: every gateway call and every observer call happens after the
-//! lock is released, on a snapshot. Decisions of section 19: the
+//! lock is released, on a snapshot. Decisions D1-D3 of docs/BACKEND.md: the
 //! active-connections gauge is set from the map size (no drift); a
 //! replacement or a gateway 404 ends the old connection exactly like a
 //! disconnect (disconnect observers run once, identity goes); identity is
@@ -477,7 +477,7 @@ mod tests {
         cm.on_connect("r1", "t1", "/", Some(&id("alice"))).await;
         cm.on_connect("r1", "t2", "/", None).await;
         assert_eq!(rec.calls(), vec![Call::Close("t1".into())]);
-        assert_eq!(*gone.lock().unwrap(), vec!["r1"], "decision 19.1: replacement ends the old connection");
+        assert_eq!(*gone.lock().unwrap(), vec!["r1"], "decision D1: replacement ends the old connection");
         assert_eq!(cm.connection_info("r1").unwrap().subject, None, "old subject does not carry over");
         assert_eq!(cm.metrics().active_connections.get(), 1, "no gauge drift on replacement");
         // the stale disconnect of the old token is ignored

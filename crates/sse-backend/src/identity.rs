@@ -1,4 +1,5 @@
-//! Who is on a stream, from the headers the gateway forwarded (section 4).
+//! Who is on a stream, from the headers the gateway forwarded
+//! (docs/BACKEND.md, Identity).
 //!
 //! The access token is the `authorization: Bearer ...` header, else the
 //! cookie named by [`OidcConfig::cookie_name`]. It is validated as a JWT

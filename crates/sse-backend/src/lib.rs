@@ -1,9 +1,8 @@
 //! `sse-backend`: the toolkit a Rust backend uses behind the SSE gateway.
 //!
 //! The gateway holds the streams; this crate is the backend side of the
-//! contract (`docs/PROTOCOL.md`, and the reference behaviour in
-//! `shared/spec/backend-features.md` sections 1-9 with the decisions of
-//! section 19):
+//! contract (`docs/PROTOCOL.md`); its behaviour and decisions are
+//! `docs/BACKEND.md`:
 //!
 //! * [`callback`]: the `POST /api/sse/callback` handler (connect/disconnect),
 //!   shared by the HTTP route and the in-process [`in_process::InProcessHook`].

@@ -1,4 +1,4 @@
-//! Application lifecycle (section 7): `startup`, `prepare-shutdown`,
+//! Application lifecycle (docs/BACKEND.md, Lifecycle): `startup`, `prepare-shutdown`,
 //! `shutdown`, `after-shutdown`; shutdown waiters sharing one graceful
 //! timeout; readiness that turns 503 once shutdown began.
 //!

@@ -1,4 +1,5 @@
-//! Every Prometheus metric of the toolkit, with the seed's names (section 8).
+//! Every Prometheus metric of the toolkit, with the original backends' names
+//! (docs/BACKEND.md, Metrics).
 //!
 //! [`Metrics::register`] puts them in a caller's `Registry` (a process that also
 //! runs the gateway in-process, whose `sse_gateway_active_connections` has the

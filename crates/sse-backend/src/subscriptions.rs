@@ -1,10 +1,10 @@
 //! Identity-checked subscriptions of connections to topics (the device-logs
-//! model of section 10), and `forward(topic, ...)` sending one targeted event
+//! model; docs/BACKEND.md, Subscriptions), and `forward(topic, ...)` sending one targeted event
 //! per subscriber.
 //!
 //! Owns `request_id -> topics` and `topic -> request_ids`. A subscribe or
 //! unsubscribe needs a live connection with a bound subject, equal to the
-//! caller's when the caller is known. A disconnect (and, by decision 19.1, a
+//! caller's when the caller is known. A disconnect (and, by decision D1, a
 //! replacement or gateway 404) drops every subscription of that `request_id`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -250,7 +250,7 @@ mod tests {
         cm.on_disconnect("t1").await;
         assert_eq!(s.subscriptions(None), vec![("dev.a".into(), vec!["r2".into()])]);
         s.drop_request("unknown");
-        // decision 19.1: a replacement clears them too
+        // decision D1: a replacement clears them too
         cm.on_connect("r2", "t2b", "/", Some(&Identity { subject: "bob".into(), role: None })).await;
         assert_eq!(s.count(), 0);
     }

@@ -1,4 +1,4 @@
-//! Background tasks with live progress (section 6, decisions 19.4).
+//! Background tasks with live progress (docs/BACKEND.md, Tasks; decision D4).
 //!
 //! A [`Task`] runs on a bounded pool (`max_workers`), gets a [`Progress`]
 //! handle and a cooperative cancellation flag ([`TaskContext`]), and is
@@ -6,7 +6,8 @@
 //! `task_started`, `progress_update`*, then exactly one of `task_completed`,
 //! `task_failed` (errors, panics, timeouts) or `task_cancelled`. A task
 //! cancelled while queued never runs (its only event is `task_cancelled`).
-//! Events are broadcast with the caller's subject as filter (section 3).
+//! Events are broadcast with the caller's subject as filter (docs/BACKEND.md,
+//! Connection manager).
 //!
 //! Ordering without holding a lock across a send: state transitions push their
 //! event into the task's unbounded event queue *under* the table lock (a
@@ -641,7 +642,7 @@ mod tests {
         let ev = rec.wait_for("cancel event", ended(1)).await;
         assert!(svc.wait_idle(Duration::from_secs(5)).await);
         assert_eq!(svc.get_task_status(&info.task_id).unwrap().status, TaskStatus::Cancelled);
-        assert_eq!(types(&ev, &info.task_id), vec!["task_started", "task_cancelled"], "19.4: cancel emits an event");
+        assert_eq!(types(&ev, &info.task_id), vec!["task_started", "task_cancelled"], "D4: cancel emits an event");
         assert!(!svc.cancel_task(&info.task_id), "already ended");
         assert!(!svc.cancel_task("unknown"));
         let done = svc.start_task(demo(1), None).unwrap();

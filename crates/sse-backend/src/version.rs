@@ -1,4 +1,4 @@
-//! Frontend version notices (section 5, decision 19.5).
+//! Frontend version notices (docs/BACKEND.md, Version notices; decision D5).
 //!
 //! On every connect the stream gets a `version` event: the version pushed for
 //! its `request_id` if any, else the document at `FRONTEND_VERSION_URL`

@@ -1,7 +1,7 @@
 //! Black-box tests: the demo backend (`examples/demo_backend.rs`, built with
 //! this crate, served in-process on 127.0.0.1:0) behind the real `sse-gateway`
 //! binary, driven by real SSE clients over TCP. Every stream's first event is
-//! the `version` notice and its second is `ready` (section 1.3 / 5).
+//! the `version` notice and its second is `ready` (docs/BACKEND.md, Version notices).
 
 #[path = "../examples/demo_backend.rs"]
 #[allow(dead_code)]

@@ -2,7 +2,7 @@
 //! served on 127.0.0.1:0 in this test, whose connect hook is
 //! [`InProcessHook`] and whose handle feeds [`InProcessBroadcaster`]; real SSE
 //! clients over TCP. Same behaviours as the HTTP path, and broadcasts and
-//! per-subject sends are one in-process publish (decision 19.2).
+//! per-subject sends are one in-process publish (docs/BACKEND.md, decision D2).
 
 use std::sync::Arc;
 

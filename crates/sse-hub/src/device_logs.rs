@@ -1,4 +1,5 @@
-//! Device logs live (sections 10-11, decision 19.7): NDJSON log messages in
+//! Device logs live (docs/BACKEND.md, Device logs; decision D7): NDJSON log
+//! messages in
 //! (from MQTT or the HTTP ingest route), `device-logs` events out, to the
 //! connections subscribed to that device only.
 //!

@@ -1,4 +1,4 @@
-//! dnsmasq's files, parsed (section 13.1-13.2): the configuration (lease
+//! dnsmasq's files, parsed (docs/BACKEND.md, Leases): the configuration (lease
 //! file path, `dhcp-range` pools, `dhcp-host` static pairs, `conf-dir`) and
 //! the lease file. Pure functions over text plus [`read_config`], which reads
 //! the main file and its `conf-dir` files once at start-up.
@@ -64,7 +64,7 @@ pub enum ConfigReadError {
     NoLeaseFile(PathBuf),
 }
 
-/// A lease (section 13.2). Equality ignores nothing: any field change is an update.
+/// A lease (docs/BACKEND.md, Leases). Equality ignores nothing: any field change is an update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// Expiry in epoch seconds; 0 = infinite.

@@ -87,7 +87,8 @@ pub async fn guard(State(access): State<InternalAccess>, req: Request, next: Nex
     next.run(req).await
 }
 
-/// Rotation nudges (section 12): `rotation-updated {}` to every stream.
+/// Rotation nudges (docs/BACKEND.md, Rotation nudges): `rotation-updated {}`
+/// to every stream.
 #[derive(Clone)]
 pub struct Rotation {
     manager: ConnectionManager,

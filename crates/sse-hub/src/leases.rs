@@ -1,4 +1,4 @@
-//! DHCP leases live (section 13, decision 19.6): the lease snapshot, its
+//! DHCP leases live (docs/BACKEND.md, Leases; decision D6): the lease snapshot, its
 //! change events and its routes.
 //!
 //! Owns the [`ChangeDetector`] over the lease file and the three triggers of

@@ -1,6 +1,6 @@
 //! `sse-hub`: the reference server. The SSE gateway runs in-process (no HTTP
 //! hop between gateway and backend) with the `sse-backend` toolkit, and the
-//! seed services live on top of it:
+//! services of docs/BACKEND.md live on top of it:
 //!
 //! * [`leases`] over [`dnsmasq`]: DHCP leases, pools, and change events
 //!   (`lease_added` / `lease_updated` / `lease_removed` / `lease_expired`,

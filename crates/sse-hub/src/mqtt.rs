@@ -1,4 +1,5 @@
-//! MQTT ingest of device logs (section 11): one MQTT v5 client, a persistent
+//! MQTT ingest of device logs (docs/BACKEND.md, Device logs): one MQTT v5
+//! client, a persistent
 //! session (clean start off, session expiry 1 h), the log topic subscribed at
 //! QoS 1 after every connect (so a reconnect re-subscribes), each message
 //! handed to [`DeviceLogs::ingest`]. Reconnects with a capped backoff.
