@@ -27,22 +27,39 @@ async fn invalid_port_exits_with_an_error() {
 }
 
 #[tokio::test]
-async fn help_lists_every_option_with_its_environment_variable() {
-    let out = run_to_exit(&["--help"], &[]).await;
+async fn help_lists_every_setting_with_its_flag_variable_and_default_and_hides_secrets() {
+    let out = run_to_exit(&["--help"], &[("INTERNAL_API_SECRET", "s3cr3t-value")]).await;
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for (flag, env) in [
-        ("--port", "PORT"),
-        ("--listen", "LISTEN_ADDR"),
-        ("--callback-url", "CALLBACK_URL"),
-        ("--heartbeat-interval-seconds", "HEARTBEAT_INTERVAL_SECONDS"),
-        ("--callback-timeout-ms", "CALLBACK_TIMEOUT_MS"),
-        ("--max-body-bytes", "MAX_BODY_BYTES"),
-        ("--stream-queue-bytes", "STREAM_QUEUE_BYTES"),
-        ("--shutdown-timeout-seconds", "SHUTDOWN_TIMEOUT_SECONDS"),
-    ] {
-        assert!(help.contains(flag), "{flag} missing:\n{help}");
-        assert!(help.contains(&format!("[env: {env}]")), "{env} missing:\n{help}");
+    for s in sse_gateway::SETTINGS {
+        // clap wraps long lines: compare with whitespace collapsed.
+        let entry = help
+            .split(&format!("--{} <VALUE>", s.flag))
+            .nth(1)
+            .unwrap_or_else(|| panic!("--{} missing:\n{help}", s.flag))
+            .split("\n      --")
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(entry.contains(&format!("[env: {}]", s.env)), "{}: {entry}", s.env);
+        if let Some(default) = s.default {
+            assert!(entry.contains(&format!("[default: {default}]")), "{}: {entry}", s.env);
+        }
+    }
+    assert!(!help.contains("s3cr3t-value"), "--help must not show a secret from the environment");
+}
+
+#[test]
+fn readme_documents_every_setting_with_its_flag() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).expect("README.md");
+    for s in sse_gateway::SETTINGS {
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}`", s.env)))
+            .unwrap_or_else(|| panic!("README's configuration table has no row for {}", s.env));
+        assert!(row.contains(&format!("`--{}`", s.flag)), "README row of {} lacks --{}: {row}", s.env, s.flag);
     }
 }
 
