@@ -72,6 +72,12 @@ async fn an_unusable_setting_exits_2_naming_it_without_a_backtrace() {
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains("HEARTBEAT_INTERVAL_SECONDS"), "{stderr}");
 
+    // A true/false setting given as a bare flag is true: OIDC then needs its issuer.
+    let out = run(&["--oidc-enabled"], &[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains("OIDC_ISSUER_URL is required"), "{stderr}");
+
     let out = run(&["rotation-nudge"], &[("RUST_BACKTRACE", "1")]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
