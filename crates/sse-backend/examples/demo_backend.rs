@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sse_backend::broadcaster::Event;
-use sse_backend::config::BackendConfig;
+use sse_backend::config::{BackendConfig, Setting};
 use sse_backend::identity::IdentityResolver;
 use sse_backend::lifecycle::Lifecycle;
 use sse_backend::subscriptions::Subscriptions;
@@ -273,8 +273,12 @@ async fn subscriptions_list(State(d): State<Demo>, Query(q): Query<Subscriptions
 #[allow(dead_code)] // unused when the tests include this file
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let config = BackendConfig::from_lookup(|k| std::env::var(k).ok())?;
-    let addr = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:5000".to_owned());
+    // The demo's one setting of its own, read by the same rules as the toolkit's.
+    const LISTEN_ADDR: Setting =
+        Setting { env: "LISTEN_ADDR", flag: "listen", default: Some("127.0.0.1:5000"), help: "Listen address ip:port" };
+    let env = |k: &str| std::env::var(k).ok();
+    let config = BackendConfig::from_lookup(env)?;
+    let addr = LISTEN_ADDR.value(&env).unwrap_or_default();
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("demo backend listening on http://{}", listener.local_addr()?);
     let (demo, router) = Demo::build(config);

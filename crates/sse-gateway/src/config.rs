@@ -34,7 +34,7 @@ impl Setting {
 macro_rules! settings {
     ($($name:ident = $env:literal, $flag:literal, $default:expr, $help:literal;)*) => {
         $(
-            #[doc = $help]
+            #[doc = concat!("The `", $env, "` setting; its `help` says what it does.")]
             pub const $name: Setting = Setting { env: $env, flag: $flag, default: $default, help: $help };
         )*
         /// Every setting of the gateway, in `--help` order.

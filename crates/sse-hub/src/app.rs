@@ -15,26 +15,24 @@ use axum::routing::get;
 use http_body_util::BodyExt;
 use prometheus_client::registry::Registry;
 use sse_backend::broadcaster::Broadcaster;
-use sse_backend::callback::{AnswerMode, CallbackConfig};
 use sse_backend::in_process::{InProcessBroadcaster, InProcessHook};
 use sse_backend::lifecycle::{Lifecycle, LifecycleEvent};
 use sse_backend::subscriptions::Subscriptions;
 use sse_backend::tasks::TaskService;
 use sse_backend::version::VersionService;
-use sse_backend::{CallbackHandler, ConnectionManager, HttpBroadcaster, HttpBroadcasterConfig, IdentityResolver};
+use sse_backend::{CallbackHandler, ConnectionManager, HttpBroadcaster, IdentityResolver};
 use sse_gateway::{AppBody, AppService, Gateway, GatewayHandle};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::config::{HubConfig, HubConfigError};
+use crate::config::HubConfig;
 use crate::device_logs::DeviceLogs;
 use crate::dnsmasq::{ConfigReadError, read_config};
 use crate::internal::{InternalAccess, Rotation, guard, version_router};
 use crate::leases::{LeaseService, now_secs};
 use crate::metrics::HubMetrics;
-use crate::mqtt::{MqttConfig, MqttUrlError, parse_url};
 
 /// The path streams open on.
 pub const STREAM_PATH: &str = "/api/sse/stream";
@@ -44,9 +42,6 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// Why the hub cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A setting combination that cannot work.
-    #[error(transparent)]
-    Config(#[from] HubConfigError),
     /// The demo data directory cannot be created.
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
@@ -58,12 +53,6 @@ pub enum StartError {
     /// The dnsmasq configuration cannot be read.
     #[error(transparent)]
     Dnsmasq(#[from] ConfigReadError),
-    /// The MQTT URL cannot be used.
-    #[error(transparent)]
-    Mqtt(#[from] MqttUrlError),
-    /// A gateway setting (RabbitMQ) cannot be used.
-    #[error(transparent)]
-    Gateway(#[from] sse_gateway::ConfigError),
     /// The listener has no address.
     #[error("listener address: {0}")]
     Listener(std::io::Error),
@@ -127,7 +116,7 @@ async fn version_file(path: PathBuf) -> Response {
 /// Builds everything and starts serving on `listener`.
 pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, StartError> {
     let addr = listener.local_addr().map_err(StartError::Listener)?;
-    let oidc = cfg.oidc()?;
+    let oidc = cfg.oidc.clone();
     if cfg.dnsmasq_config.is_none() {
         let created = crate::demo_data::ensure(&cfg.data_dir, now_secs())
             .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
@@ -136,45 +125,23 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
         }
     }
     let dnsmasq = read_config(&cfg.dnsmasq_config_path())?;
-    let mqtt = match &cfg.mqtt_url {
-        Some(url) => {
-            parse_url(url)?;
-            Some(MqttConfig {
-                url: url.clone(),
-                topic: cfg.mqtt_topic.clone(),
-                client_id: cfg.mqtt_client_id(),
-                username: cfg.mqtt_username.clone(),
-                password: cfg.mqtt_password.clone(),
-            })
-        }
-        None => None,
-    };
+    let mqtt = cfg.mqtt.clone();
 
     let mut registry = Registry::default();
     let backend_metrics = sse_backend::Metrics::register(&mut registry);
     let metrics = HubMetrics::register(&mut registry);
     let registry = Arc::new(registry);
 
-    let in_process = cfg.sse_gateway_url.is_none();
+    let in_process = cfg.external_gateway.is_none();
     let deferred = Arc::new(InProcessBroadcaster::<GatewayHandle>::deferred());
-    let broadcaster: Arc<dyn Broadcaster> = match &cfg.sse_gateway_url {
+    let broadcaster: Arc<dyn Broadcaster> = match &cfg.external_gateway {
         None => deferred.clone(),
-        Some(url) => {
-            let mut b = HttpBroadcasterConfig::new(url.clone());
-            b.secret = cfg.sse_gateway_secret.clone();
-            b.publish = cfg.sse_gateway_publish;
-            Arc::new(HttpBroadcaster::new(b))
-        }
+        Some(b) => Arc::new(HttpBroadcaster::new(b.clone())),
     };
     let manager = ConnectionManager::new(broadcaster, backend_metrics.clone());
     let identity = Arc::new(IdentityResolver::new(oidc));
-    let answer = if cfg.sse_gateway_publish { AnswerMode::Routing } else { AnswerMode::Empty };
-    let callback = Arc::new(CallbackHandler::new(
-        CallbackConfig { secret: cfg.sse_callback_secret.clone(), answer },
-        manager.clone(),
-        identity.clone(),
-    ));
-    let tasks = TaskService::new(cfg.tasks(), manager.clone());
+    let callback = Arc::new(CallbackHandler::new(cfg.callback.clone(), manager.clone(), identity.clone()));
+    let tasks = TaskService::new(cfg.tasks.clone(), manager.clone());
     tasks.start_cleanup();
     let self_ip = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
     let self_url = match addr {
@@ -189,7 +156,7 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
     leases.load_initial().await;
     tracing::info!(file = %leases.lease_file().display(), leases = leases.leases().len(), "lease file loaded");
 
-    let lifecycle = Lifecycle::new(Duration::from_secs(cfg.graceful_shutdown_timeout), backend_metrics);
+    let lifecycle = Lifecycle::new(cfg.graceful_shutdown_timeout, backend_metrics);
     lifecycle.manage_services(&tasks, &version, &subscriptions);
     let r = rotation.clone();
     lifecycle.register_listener(move |e| {
@@ -227,28 +194,21 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
         .merge(logs.router())
         .merge(rotation.router())
         .merge(version_router(version.clone()));
-    if let Some(path) = cfg.frontend_version_file.clone().filter(|_| cfg.frontend_version_url.is_none()) {
+    if let Some(path) = cfg.frontend_version_file.clone() {
         router = router.route("/version.json", get(move || version_file(path.clone())));
     }
     if !in_process {
+        let gateway_url = cfg.external_gateway.as_ref().map(|g| g.gateway_url.clone());
         router = router
             .route("/metrics", metrics_route)
             .merge(Arc::clone(&callback).router())
-            .merge(lifecycle.health_router(cfg.sse_gateway_url.clone(), String::new()));
+            .merge(lifecycle.health_router(gateway_url, String::new()));
     }
     let router =
         router.layer(axum::middleware::from_fn_with_state(InternalAccess::new(cfg.internal_api_secret.clone()), guard));
 
     let (server, gateway_shutdown) = if in_process {
-        // The gateway's own rules read the RabbitMQ settings.
-        let amqp_setting = |key: &str| match key {
-            "RABBITMQ_URL" => cfg.rabbitmq_url.clone(),
-            "RABBITMQ_ENV_PREFIX" => cfg.rabbitmq_env_prefix.clone(),
-            "RABBITMQ_ENV_AUTO_DELETE" => cfg.rabbitmq_env_auto_delete.clone(),
-            "RABBITMQ_QUEUE_TTL_MS" => cfg.rabbitmq_queue_ttl_ms.clone(),
-            _ => None,
-        };
-        let amqp = sse_gateway::AmqpConfig::from_lookup(&amqp_setting)?;
+        let amqp = cfg.amqp.clone();
         let gw_config = sse_gateway::Config {
             listen: addr,
             heartbeat_interval: Duration::from_secs(cfg.heartbeat_interval_seconds.max(1)),

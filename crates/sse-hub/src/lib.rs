@@ -12,8 +12,9 @@
 //! * a dashboard page at `/` (embedded with `include_str!`).
 //!
 //! [`app`] is the only place that wires them; [`config`] the only place that
-//! reads settings. Invariants: no std lock across an `.await`; every service
-//! sends through the toolkit's `ConnectionManager`, never to the gateway directly.
+//! reads settings, through a lookup (the binary owns the command line).
+//! Invariants: no std lock across an `.await`; every service sends through
+//! the toolkit's `ConnectionManager`, never to the gateway directly.
 
 pub mod app;
 pub mod config;
@@ -27,4 +28,4 @@ pub mod metrics;
 pub mod mqtt;
 
 pub use app::{RunningHub, STREAM_PATH, start};
-pub use config::{Cli, Command, HubConfig};
+pub use config::{HubConfig, HubConfigError, NudgeConfig};

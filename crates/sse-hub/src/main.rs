@@ -1,15 +1,71 @@
 //! The `sse-hub` binary: flags, logging, signals, the `rotation-nudge`
-//! subcommand. Everything else is in the library.
+//! subcommand. Everything else is in the library. The flags are built from
+//! the library's settings tables, so every setting has a flag, an
+//! environment variable and its default in `--help`, stated once.
 
-use std::time::Duration;
+use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-use sse_hub::config::NudgeArgs;
-use sse_hub::{Cli, Command};
+use clap::{Arg, ArgMatches, Command};
+use sse_hub::config::{NUDGE_SETTINGS, SETTINGS, Setting};
+use sse_hub::{HubConfig, NudgeConfig};
+
+const NUDGE: &str = "rotation-nudge";
+
+/// One flag per setting, with its variable as fallback.
+fn arg(s: &Setting) -> Arg {
+    let help = match s.default {
+        Some(d) => format!("{} [default: {d}]", s.help),
+        None => s.help.to_owned(),
+    };
+    // Values from the environment stay out of --help: some are secrets.
+    let arg = Arg::new(s.env).long(s.flag).env(s.env).hide_env_values(true).value_name("VALUE").help(help);
+    match s.default {
+        // A true/false setting also works as a bare switch (`--oidc-enabled`).
+        Some("false") => arg.num_args(0..=1).default_missing_value("true"),
+        _ => arg,
+    }
+}
+
+fn command() -> Command {
+    let nudge = Command::new(NUDGE)
+        .about(
+            "Play the rotation cron job's role: POST <url>/internal/rotation-nudge (with `Authorization: Bearer \
+             <secret>` when set); exits 1 when the hub did not answer 2xx",
+        )
+        .args(NUDGE_SETTINGS.iter().map(arg));
+    Command::new("sse-hub")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(
+            "The SSE gateway in-process with the backend toolkit, DHCP leases, tasks, version notices, device logs \
+             and rotation nudges, and a live dashboard at /.",
+        )
+        .long_about(
+            "The SSE gateway in-process with the backend toolkit, DHCP leases, tasks, version notices, device logs \
+             and rotation nudges, and a live dashboard at /.\n\nWith no configuration it creates a demo data \
+             directory (--data-dir: dnsmasq.conf and dnsmasq.leases; edit the lease file and watch the dashboard). \
+             MQTT, OIDC, RabbitMQ and an external gateway are switched on by the options below.",
+        )
+        .after_help(
+            "A flag wins over its environment variable; a true/false flag given alone means true. RUST_LOG sets \
+             the log filter (default: info).",
+        )
+        .args(SETTINGS.iter().map(arg))
+        .subcommand(nudge)
+}
+
+/// For a table's names: the flag, else its variable (both through clap);
+/// for anything else (`HOSTNAME`): the environment.
+fn lookup<'a>(matches: &'a ArgMatches, table: &'static [Setting]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |key| match table.iter().any(|s| s.env == key) {
+        true => matches.get_one::<String>(key).cloned(),
+        false => std::env::var(key).ok(),
+    }
+}
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    let matches = command().get_matches();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -18,16 +74,34 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
-    match cli.command {
-        Some(Command::RotationNudge(args)) => nudge(args).await,
-        None => serve(cli.hub).await,
+    // Errors are printed as one line (their chain), never with a backtrace:
+    // 2 for a setting that cannot be used, 1 for a failure at run time.
+    let result = match matches.subcommand_matches(NUDGE) {
+        Some(m) => match NudgeConfig::from_lookup(lookup(m, NUDGE_SETTINGS)) {
+            Ok(cfg) => nudge(cfg).await,
+            Err(e) => return config_error(&e),
+        },
+        None => match HubConfig::from_lookup(lookup(&matches, SETTINGS)) {
+            Ok(cfg) => serve(cfg).await,
+            Err(e) => return config_error(&e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sse-hub: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-async fn serve(cfg: sse_hub::HubConfig) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind((cfg.host, cfg.port))
-        .await
+fn config_error(e: &sse_hub::HubConfigError) -> ExitCode {
+    eprintln!("sse-hub: {e}");
+    ExitCode::from(2)
+}
+
+async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
+    let listener = sse_gateway::listen(std::net::SocketAddr::new(cfg.host, cfg.port))
         .with_context(|| format!("cannot listen on {}:{}", cfg.host, cfg.port))?;
     let hub = sse_hub::start(cfg, listener).await?;
     println!("sse-hub listening on http://{}", hub.addr);
@@ -55,11 +129,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn nudge(args: NudgeArgs) -> anyhow::Result<()> {
-    let url = format!("{}/internal/rotation-nudge", args.url.trim_end_matches('/'));
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(args.timeout_seconds)).build()?;
+async fn nudge(cfg: NudgeConfig) -> anyhow::Result<()> {
+    let url = format!("{}/internal/rotation-nudge", cfg.url);
+    let client = reqwest::Client::builder().timeout(cfg.timeout).build()?;
     let mut req = client.post(&url).json(&serde_json::json!({}));
-    if let Some(secret) = std::env::var("INTERNAL_API_SECRET").ok().filter(|s| !s.is_empty()) {
+    if let Some(secret) = &cfg.secret {
         req = req.bearer_auth(secret);
     }
     let resp = req.send().await.with_context(|| format!("POST {url}"))?;
