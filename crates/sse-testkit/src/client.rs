@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use serde_json::Value;
-use sse_wire::{Frame, Parser};
+use sse_wire::{Dechunker, Frame, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -86,8 +86,9 @@ pub async fn request(
         let mut resp = read_head(&mut tcp, &mut buf).await.expect("response head");
         tcp.read_to_end(&mut buf).await.expect("read body");
         resp.body = if resp.header("transfer-encoding") == Some("chunked") {
-            let mut dec = Dechunker::default();
-            dec.feed(&buf)
+            let mut body = Vec::new();
+            Dechunker::default().feed(&buf, &mut body).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            body
         } else {
             buf
         };
@@ -99,40 +100,6 @@ pub async fn request(
 /// POSTs a JSON value to `path`.
 pub async fn send_json(addr: SocketAddr, path: &str, body: &Value) -> HttpResponse {
     request(addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes()).await
-}
-
-/// Incremental decoder of `Transfer-Encoding: chunked`.
-#[derive(Default)]
-struct Dechunker {
-    pending: Vec<u8>,
-    done: bool,
-}
-
-impl Dechunker {
-    /// Feeds bytes, returns decoded payload bytes.
-    fn feed(&mut self, input: &[u8]) -> Vec<u8> {
-        self.pending.extend_from_slice(input);
-        let mut out = Vec::new();
-        loop {
-            if self.done {
-                return out;
-            }
-            let Some(eol) = self.pending.windows(2).position(|w| w == b"\r\n") else { return out };
-            let size_line = String::from_utf8_lossy(&self.pending[..eol]).to_string();
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
-            if size == 0 {
-                self.done = true;
-                return out;
-            }
-            if self.pending.len() < eol + 2 + size + 2 {
-                return out;
-            }
-            out.extend_from_slice(&self.pending[eol + 2..eol + 2 + size]);
-            assert_eq!(&self.pending[eol + 2 + size..eol + 4 + size], b"\r\n", "chunk not followed by CRLF");
-            self.pending.drain(..eol + 4 + size);
-        }
-    }
 }
 
 /// A client stream: the response head, then the decoded SSE body.
@@ -197,7 +164,13 @@ impl SseClient {
     }
 
     fn ingest(&mut self, bytes: &[u8]) {
-        let body = if self.chunked { self.dechunk.feed(bytes) } else { bytes.to_vec() };
+        let body = if self.chunked {
+            let mut body = Vec::new();
+            self.dechunk.feed(bytes, &mut body).unwrap_or_else(|e| panic!("stream body: {e}"));
+            body
+        } else {
+            bytes.to_vec()
+        };
         self.raw.extend_from_slice(&body);
         self.buf.extend_from_slice(&body);
         let frames = self.parser.feed(&body);
@@ -205,7 +178,7 @@ impl SseClient {
     }
 
     async fn read_more(&mut self) -> bool {
-        if self.eof || self.dechunk.done {
+        if self.eof || self.dechunk.is_done() {
             return false;
         }
         let mut chunk = [0u8; 16384];
@@ -253,7 +226,7 @@ impl SseClient {
 
     /// True once the terminating chunk was read.
     pub fn ended_cleanly(&self) -> bool {
-        self.dechunk.done
+        self.dechunk.is_done()
     }
 
     /// Every decoded body byte received so far.
