@@ -1,9 +1,14 @@
 //! A scriptable callback backend: a real HTTP server on 127.0.0.1:0.
 //!
 //! Every request body is recorded as JSON. Disconnect callbacks (and anything
-//! else that is not `action: connect`) are answered 200 `{}` at once. Connect
+//! else that is not `action: connect`) are answered 200 `{}` at once, or with
+//! the reply set by [`Backend::answer_disconnects`] (e.g. a slow one). Connect
 //! callbacks are answered with the current automatic [`Reply`], or, in manual
 //! mode, handed to the test, which answers when it chooses.
+//!
+//! Dropping the backend (or [`Backend::shutdown`]) closes its listener *and*
+//! every connection it accepted, so a client's pooled keep-alive connection
+//! fails like one to a server that went down.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -79,17 +84,21 @@ enum Mode {
     Manual,
 }
 
-/// The running backend. Dropping it stops the server.
+/// The running backend. Dropping it stops the server and its connections.
 pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     mode: Arc<Mutex<Mode>>,
+    others: Arc<Mutex<Reply>>,
     calls: tokio::sync::Mutex<mpsc::UnboundedReceiver<Call>>,
+    stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
+        // The accept task owns the connection tasks (a JoinSet): aborting it
+        // aborts them too.
         self.task.abort();
     }
 }
@@ -103,26 +112,66 @@ impl Backend {
     /// Starts a backend answering every connect with `reply`.
     pub async fn start_with(reply: Reply) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        Self::serve_on(listener, reply)
+    }
+
+    /// Starts a backend on `addr` (where an earlier one listened before its
+    /// [`Backend::shutdown`]: a backend that comes back).
+    pub async fn start_at(addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind backend to {addr}: {e}"));
+        Self::serve_on(listener, Reply::ok("{}"))
+    }
+
+    fn serve_on(listener: TcpListener, reply: Reply) -> Backend {
         let addr = listener.local_addr().expect("addr");
         let mode = Arc::new(Mutex::new(Mode::Auto(reply)));
+        let others = Arc::new(Mutex::new(Reply::ok("{}")));
         let (tx, rx) = mpsc::unbounded_channel();
+        let (stop, mut stopped) = oneshot::channel::<()>();
         let task_mode = Arc::clone(&mode);
+        let task_others = Arc::clone(&others);
         let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let tcp = tokio::select! {
+                    _ = &mut stopped => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((tcp, _)) => tcp,
+                        Err(_) => continue,
+                    },
+                };
                 let mode = Arc::clone(&task_mode);
+                let others = Arc::clone(&task_others);
                 let tx = tx.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let mode = Arc::clone(&mode);
-                        let tx = tx.clone();
-                        async move { Ok::<_, Infallible>(serve(req, mode, tx).await) }
+                        let (mode, others, tx) = (Arc::clone(&mode), Arc::clone(&others), tx.clone());
+                        async move { Ok::<_, Infallible>(serve(req, mode, others, tx).await) }
                     });
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
                 });
+                while connections.try_join_next().is_some() {}
             }
+            drop(listener);
+            connections.shutdown().await;
         });
-        Backend { addr, mode, calls: tokio::sync::Mutex::new(rx), task }
+        Backend { addr, mode, others, calls: tokio::sync::Mutex::new(rx), stop: Some(stop), task }
+    }
+
+    /// Stops the server: closes the listener and every accepted connection,
+    /// and returns once they are closed (a backend that went down).
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = within("the backend to shut down", &mut self.task).await;
+    }
+
+    /// From now on, disconnect callbacks (and any other non-connect request)
+    /// are answered with `reply` instead of 200 `{}` at once; they are still
+    /// recorded when they arrive.
+    pub fn answer_disconnects(&self, reply: Reply) {
+        *self.others.lock().unwrap() = reply;
     }
 
     /// The callback URL (with a query, as backends use `?secret=`).
@@ -167,6 +216,7 @@ impl Backend {
 async fn serve(
     req: hyper::Request<hyper::body::Incoming>,
     mode: Arc<Mutex<Mode>>,
+    others: Arc<Mutex<Reply>>,
     tx: mpsc::UnboundedSender<Call>,
 ) -> hyper::Response<Full<Bytes>> {
     let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
@@ -180,7 +230,7 @@ async fn serve(
     };
     let reply = if !is_connect {
         let _ = tx.send(Call { body, raw: raw.clone(), target, reply: None });
-        Reply::ok("{}")
+        others.lock().unwrap().clone()
     } else if let Some(r) = auto {
         let _ = tx.send(Call { body, raw: raw.clone(), target, reply: None });
         r

@@ -194,9 +194,28 @@ impl SseClient {
         }
     }
 
-    /// The next frame (event, comment or retry); panics if the stream ends first.
+    /// The next frame (event, comment or retry); panics if the stream ends
+    /// first or nothing arrives within [`crate::WAIT`].
     pub async fn next_frame(&mut self) -> Frame {
-        within("the next SSE frame", async {
+        self.next_frame_within(crate::WAIT).await
+    }
+
+    /// The next frame, waiting at most `limit`: for a wait the test bounds
+    /// itself because it can legitimately take longer than [`crate::WAIT`]
+    /// (a reconnect backoff). Panics if the stream ends or the limit passes.
+    pub async fn next_frame_within(&mut self, limit: std::time::Duration) -> Frame {
+        match self.frame_within(limit).await {
+            Some(f) => f,
+            None => panic!("no SSE frame within {limit:?}; body so far: {:?}", String::from_utf8_lossy(&self.raw)),
+        }
+    }
+
+    /// The next frame if one arrives within `limit`, else `None` (for a test
+    /// that watches a stream for a while); panics if the stream ends.
+    pub async fn frame_within(&mut self, limit: std::time::Duration) -> Option<Frame> {
+        // Cancelling the read is safe: bytes are taken out of the socket and
+        // decoded in one step, after the read completed.
+        let read = async {
             loop {
                 if let Some(f) = self.frames.pop_front() {
                     return f;
@@ -205,8 +224,8 @@ impl SseClient {
                     panic!("stream ended; body so far: {:?}", String::from_utf8_lossy(&self.raw));
                 }
             }
-        })
-        .await
+        };
+        tokio::time::timeout(limit, read).await.ok()
     }
 
     /// The next dispatched event, skipping comments and retry hints.
