@@ -8,19 +8,20 @@
 mod support;
 
 use serde_json::json;
-use sse_testkit::{Process, SseClient, request};
+use sse_testkit::{Process, Relay, SseClient, request};
 use support::{Hub, wait_for};
 
 const PUBLISH_OK: &str = "sse_gateway_api_requests_total{endpoint=\"publish\",status=\"200\"}";
 const PUBLISH_UNAUTHORIZED: &str = "sse_gateway_api_requests_total{endpoint=\"publish\",status=\"401\"}";
 const SEND_OK: &str = "sse_gateway_api_requests_total{endpoint=\"send\",status=\"200\"}";
 
-/// A gateway whose publish needs `gw-secret` and a hub publishing to it with `hub_secret`.
-async fn hub_behind_gateway(hub_secret: &str) -> (Hub, Process) {
-    // The gateway must know the hub's callback URL before the hub knows the
-    // gateway's: take a free port for the hub first.
-    let [hub_port] = sse_testkit::free_ports();
-    let callback = format!("http://127.0.0.1:{hub_port}/api/sse/callback");
+/// A gateway whose publish needs `gw-secret` and a hub publishing to it with
+/// `hub_secret`, each on 127.0.0.1:0. The gateway must know the hub's callback
+/// URL before the hub exists, so it calls back through a relay that is
+/// pointed at the hub once the hub listens.
+async fn hub_behind_gateway(hub_secret: &str) -> (Hub, Process, Relay) {
+    let relay = Relay::start().await;
+    let callback = format!("http://{}/api/sse/callback", relay.addr);
     let gw_bin = sse_testkit::workspace_bin("sse-gateway");
     let gw = Process::spawn(
         gw_bin.to_str().expect("utf-8 path"),
@@ -34,14 +35,11 @@ async fn hub_behind_gateway(hub_secret: &str) -> (Hub, Process) {
     )
     .await;
     let gw_url = format!("http://{}", gw.addr);
-    let hub = Hub::start_on(
-        &hub_port.to_string(),
-        &["--sse-gateway-url", &gw_url, "--sse-gateway-secret", hub_secret, "--sse-gateway-publish"],
-        &[],
-    )
-    .await;
-    assert_eq!(hub.addr().port(), hub_port);
-    (hub, gw)
+    let hub =
+        Hub::start(&["--sse-gateway-url", &gw_url, "--sse-gateway-secret", hub_secret, "--sse-gateway-publish"], &[])
+            .await;
+    relay.forward_to(hub.addr());
+    (hub, gw, relay)
 }
 
 async fn open_through(gw: &Process, request_id: &str) -> SseClient {
@@ -63,7 +61,7 @@ async fn gateway_metric(gw: &Process, line_prefix: &str) -> f64 {
 
 #[tokio::test]
 async fn with_an_external_gateway_tasks_and_nudges_reach_the_streams_through_publish() {
-    let (hub, gw) = hub_behind_gateway("gw-secret").await;
+    let (hub, gw, _relay) = hub_behind_gateway("gw-secret").await;
     let mut c = open_through(&gw, "ext-1").await;
     let sends_before = gateway_metric(&gw, SEND_OK).await;
 
@@ -90,7 +88,7 @@ async fn with_an_external_gateway_tasks_and_nudges_reach_the_streams_through_pub
 
 #[tokio::test]
 async fn a_wrong_publish_secret_is_reported_and_events_still_arrive_per_token() {
-    let (hub, gw) = hub_behind_gateway("not-the-gw-secret").await;
+    let (hub, gw, _relay) = hub_behind_gateway("not-the-gw-secret").await;
     let mut c = open_through(&gw, "ext-2").await;
     let sends_before = gateway_metric(&gw, SEND_OK).await;
 

@@ -10,6 +10,8 @@
 //! * [`request`]: one plain HTTP request (JSON in, status and body out).
 //! * [`RabbitNode`], [`MosquittoNode`]: private brokers a test may stop and
 //!   restart on the same port (the shared ones: [`amqp_url`], `SSE_TEST_MQTT_URL`).
+//! * [`Relay`]: a port-0 TCP relay for two servers that must know each
+//!   other's address at start.
 //!
 //! Every wait is bounded by [`WAIT`] and panics with a message when it runs
 //! out, so a missing behaviour fails the test instead of hanging it.
@@ -19,12 +21,14 @@ mod backend;
 mod client;
 mod mqtt;
 mod process;
+mod relay;
 
 pub use amqp::{AmqpPublisher, RabbitNode, amqp_url, rabbitmqctl};
 pub use backend::{Backend, Call, Reply};
 pub use client::{HttpResponse, SseClient, request, send_json};
 pub use mqtt::MosquittoNode;
 pub use process::Process;
+pub use relay::Relay;
 
 use std::time::Duration;
 
