@@ -441,13 +441,12 @@ async fn disconnect_callbacks_to_a_slow_backend_time_out_and_the_gateway_stays_h
 #[tokio::test]
 async fn disconnect_callbacks_to_a_backend_that_is_down_fail_and_streams_work_again_when_it_is_back() {
     let backend = Backend::start().await;
-    let addr = backend.addr;
     let gw = gateway(&backend, &[("CALLBACK_TIMEOUT_MS", "1000")]).await;
     let mut clients = Vec::new();
     for i in 0..3 {
         clients.push(stream(&gw, &backend, &format!("/s?request_id=down{i}")).await.0);
     }
-    backend.shutdown().await;
+    let down = backend.shutdown().await;
     for c in clients {
         c.close().await;
     }
@@ -459,7 +458,7 @@ async fn disconnect_callbacks_to_a_backend_that_is_down_fail_and_streams_work_ag
     assert_eq!(refused.status, 503, "a new stream while the backend is down");
     assert_error(&refused.json(), "BACKEND_UNAVAILABLE");
 
-    let backend = Backend::start_at(addr).await;
+    let backend = down.restart();
     let (mut c, token) = stream(&gw, &backend, "/s?request_id=back").await;
     send(gw.addr, json!({"token": token, "event": {"name": "n", "data": "1"}})).await;
     assert_eq!(c.next_event().await.data, r#"{"type":"n","payload":1}"#);

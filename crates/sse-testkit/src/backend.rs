@@ -8,7 +8,9 @@
 //!
 //! Dropping the backend (or [`Backend::shutdown`]) closes its listener *and*
 //! every connection it accepted, so a client's pooled keep-alive connection
-//! fails like one to a server that went down.
+//! fails like one to a server that went down. [`Backend::shutdown`] keeps the
+//! port reserved (bound, not listening: connections are refused) for
+//! [`Backend::restart`], so nothing else can take it meanwhile.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +23,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::within;
@@ -111,15 +113,9 @@ impl Backend {
 
     /// Starts a backend answering every connect with `reply`.
     pub async fn start_with(reply: Reply) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
-        Self::serve_on(listener, reply)
-    }
-
-    /// Starts a backend on `addr` (where an earlier one listened before its
-    /// [`Backend::shutdown`]: a backend that comes back).
-    pub async fn start_at(addr: SocketAddr) -> Backend {
-        let listener = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind backend to {addr}: {e}"));
-        Self::serve_on(listener, Reply::ok("{}"))
+        let socket = reusable_socket();
+        socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind backend");
+        Self::serve_on(socket.listen(1024).expect("listen"), reply)
     }
 
     fn serve_on(listener: TcpListener, reply: Reply) -> Backend {
@@ -159,12 +155,18 @@ impl Backend {
     }
 
     /// Stops the server: closes the listener and every accepted connection,
-    /// and returns once they are closed (a backend that went down).
-    pub async fn shutdown(mut self) {
+    /// and returns once they are closed (a backend that went down). The port
+    /// stays reserved in the returned [`DownBackend`].
+    pub async fn shutdown(mut self) -> DownBackend {
+        // Bound before the listener closes (both sockets allow port reuse), so
+        // the port is never free; bound without listening, it refuses connections.
+        let reserved = reusable_socket();
+        reserved.bind(self.addr).unwrap_or_else(|e| panic!("reserve {}: {e}", self.addr));
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         let _ = within("the backend to shut down", &mut self.task).await;
+        DownBackend { socket: reserved }
     }
 
     /// From now on, disconnect callbacks (and any other non-connect request)
@@ -210,6 +212,29 @@ impl Backend {
             out.push(c);
         }
         out
+    }
+}
+
+/// A loopback socket that may share its port with another such socket (so a
+/// stopped backend can hold its port while the old listener closes).
+fn reusable_socket() -> TcpSocket {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket.set_reuseport(true).expect("SO_REUSEPORT");
+    socket
+}
+
+/// A backend that went down ([`Backend::shutdown`]): its port is held but
+/// refuses connections until [`DownBackend::restart`].
+pub struct DownBackend {
+    socket: TcpSocket,
+}
+
+impl DownBackend {
+    /// The backend comes back on the same address, answering every connect
+    /// with 200 `{}` (a fresh backend: nothing recorded, automatic mode).
+    pub fn restart(self) -> Backend {
+        Backend::serve_on(self.socket.listen(1024).expect("listen again"), Reply::ok("{}"))
     }
 }
 

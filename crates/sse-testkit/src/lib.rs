@@ -24,7 +24,7 @@ mod process;
 mod relay;
 
 pub use amqp::{AmqpPublisher, RabbitNode, amqp_url, rabbitmqctl};
-pub use backend::{Backend, Call, Reply};
+pub use backend::{Backend, Call, DownBackend, Reply};
 pub use client::{HttpResponse, SseClient, request, send_json};
 pub use mqtt::MosquittoNode;
 pub use process::Process;
