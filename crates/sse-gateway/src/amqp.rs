@@ -74,6 +74,8 @@ const CLOSE_REPLY: &str = "sse.close.reply";
 struct Binder {
     counts: HashMap<Box<str>, usize>,
     channel: Option<Channel>,
+    /// The live connection, for the short-lived channels of admin closes.
+    connection: Option<Arc<Connection>>,
 }
 
 /// The AMQP ingress of one gateway instance.
@@ -103,7 +105,10 @@ impl Amqp {
     /// Closes the streams bound to `key` on every instance that has some;
     /// returns (streams closed, instances that answered).
     pub(crate) async fn close_everywhere(&self, key: &str, retry_ms: Option<u64>) -> Result<(usize, usize), AmqpError> {
-        let ch = self.binder.lock().await.channel.clone().ok_or(AmqpError::Disconnected)?;
+        let conn = self.binder.lock().await.connection.clone().ok_or(AmqpError::Disconnected)?;
+        // A channel of its own: a publish error closes only this channel, never the consumer's.
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
         let correlation = uuid::Uuid::new_v4().to_string();
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.replies().insert(correlation.clone(), tx);
@@ -138,6 +143,7 @@ impl Amqp {
         }
         .await;
         self.replies().remove(&correlation);
+        let _ = ch.close(200, "close done".into()).await;
         result
     }
 
@@ -224,8 +230,8 @@ impl Amqp {
         Ok(())
     }
 
-    async fn connect(&self) -> Result<(Connection, Channel, lapin::Consumer), AmqpError> {
-        let conn = Connection::connect(&self.config.url, ConnectionProperties::default()).await?;
+    async fn connect(&self) -> Result<(Arc<Connection>, Channel, lapin::Consumer), AmqpError> {
+        let conn = Arc::new(Connection::connect(&self.config.url, ConnectionProperties::default()).await?);
         let ch = conn.create_channel().await?;
         let durable = !self.config.auto_delete;
         ch.exchange_declare(
@@ -242,8 +248,6 @@ impl Amqp {
         )
         .await?;
         ch.basic_qos(512, BasicQosOptions::default()).await?;
-        // Control messages are published with `mandatory`: confirms report a return.
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
         let consumer = ch
             .basic_consume(
                 self.config.queue.as_str().into(),
@@ -266,6 +270,7 @@ impl Amqp {
             };
             match attempt {
                 Ok((conn, ch, consumer)) => {
+                    self.binder.lock().await.connection = Some(Arc::clone(&conn));
                     if let Err(e) = self.rebind(&ch).await {
                         warn!(error = %e, "re-binding routing keys failed; reconnecting");
                         let _ = conn.close(0, "rebind failed".into()).await;
@@ -282,7 +287,10 @@ impl Amqp {
                         self.consume(&ch, &router, &metrics, &shutdown, consumer).await;
                         self.connected.store(false, Ordering::Release);
                         metrics.emit(Event::BrokerLost { shutting_down: shutdown.is_cancelled() });
-                        self.binder.lock().await.channel = None;
+                        let mut binder = self.binder.lock().await;
+                        binder.channel = None;
+                        binder.connection = None;
+                        drop(binder);
                         if shutdown.is_cancelled() {
                             let _ = conn.close(200, "shutting down".into()).await;
                             return;

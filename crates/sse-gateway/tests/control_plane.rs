@@ -4,48 +4,25 @@
 //! reaches another instance through RabbitMQ.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use sse_testkit::{Backend, Process, Reply, SseClient, amqp_url, request, send_json, within};
+use sse_testkit::{Backend, Process, Reply, SseClient, amqp_url, request, send_json};
 use sse_wire::Frame;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sse-gateway");
+mod support;
+
+use support::{DEFAULT_BINDINGS, metric_value, stream, wait_for_metric_at_least};
 
 async fn gateway(backend: &Backend, env: &[(&str, &str)]) -> Process {
-    let url = backend.callback_url();
-    let mut all = vec![
-        ("LISTEN_ADDR", "127.0.0.1:0"),
-        ("INTERNAL_LISTEN", "127.0.0.1:0"),
-        ("CALLBACK_URL", url.as_str()),
-        ("DEFAULT_BINDINGS", "broadcast,connection.{request_id}"),
-    ];
+    let mut all = vec![DEFAULT_BINDINGS];
     all.extend_from_slice(env);
-    Process::spawn(BIN, &[], &all).await
+    support::gateway(backend, &all).await
 }
 
-async fn stream(gw: &Process, backend: &Backend, path: &str) -> (SseClient, String) {
-    let mut c = SseClient::open(gw.addr, path, &[]).await;
-    let token = backend.expect("connect").await.token();
-    assert_eq!(c.next_event().await.event_type, "ready");
-    (c, token)
-}
-
-/// The value of the first metric line starting with `prefix` (0 when absent).
+/// A metric's value (a missing line reads 0: counters appear on first use).
 async fn metric(gw: &Process, prefix: &str) -> f64 {
-    let r = request(gw.internal_addr(), "GET", "/metrics", &[], b"").await;
-    let text = String::from_utf8_lossy(&r.body).into_owned();
-    text.lines().find_map(|l| l.strip_prefix(prefix).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
-}
-
-/// Polls a metric until it reaches `at_least` (bounded by the testkit's wait).
-async fn metric_reaches(gw: &Process, prefix: &str, at_least: f64) {
-    within(&format!("{prefix} >= {at_least}"), async {
-        while metric(gw, prefix).await < at_least {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    metric_value(gw, prefix).await.unwrap_or(0.0)
 }
 
 async fn admin(gw: &Process, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -67,19 +44,19 @@ async fn disconnect_callbacks_refused_with_503_are_retried_until_the_backend_tak
         clients.push(c);
         tokens.insert(t);
     }
-    backend.auto(Reply::status(503));
+    backend.answer_disconnects(Reply::status(503));
     for c in clients {
         c.close().await;
     }
     // Every one of the five fails at least once and waits for a retry.
-    metric_reaches(&gw, "sse_gateway_disconnect_retries_total{outcome=\"retry\"}", 5.0).await;
+    wait_for_metric_at_least(&gw, "sse_gateway_disconnect_retries_total{outcome=\"retry\"}", 5.0).await;
     assert_eq!(
         request(gw.addr, "GET", "/healthz", &[], b"").await.status,
         200,
         "a down backend never hurts the gateway"
     );
-    backend.auto(Reply::ok("{}"));
-    metric_reaches(&gw, "sse_gateway_disconnect_retries_total{outcome=\"delivered\"}", 5.0).await;
+    backend.answer_disconnects(Reply::ok("{}"));
+    wait_for_metric_at_least(&gw, "sse_gateway_disconnect_retries_total{outcome=\"delivered\"}", 5.0).await;
     let seen: BTreeSet<String> =
         backend.drain().await.iter().filter(|c| c.action() == "disconnect").map(|c| c.token()).collect();
     assert_eq!(seen, tokens, "every token's disconnect reached the backend");
@@ -88,13 +65,56 @@ async fn disconnect_callbacks_refused_with_503_are_retried_until_the_backend_tak
 }
 
 #[tokio::test]
+async fn disconnect_callbacks_to_a_backend_that_is_down_arrive_once_it_is_back() {
+    let backend = Backend::start().await;
+    let gw = gateway(&backend, &[("DISCONNECT_RETRY_SECONDS", "60")]).await;
+    let mut clients = Vec::new();
+    let mut tokens = BTreeSet::new();
+    for i in 0..5 {
+        let (c, t) = stream(&gw, &backend, &format!("/s?request_id=d{i}")).await;
+        clients.push(c);
+        tokens.insert(t);
+    }
+    let down = backend.shutdown().await;
+    for c in clients {
+        c.close().await;
+    }
+    wait_for_metric_at_least(&gw, "sse_gateway_disconnect_retries_total{outcome=\"retry\"}", 5.0).await;
+    assert_eq!(metric(&gw, "sse_gateway_active_connections ").await, 0.0, "the streams are gone at once");
+    let backend = down.restart();
+    let mut seen = BTreeSet::new();
+    while seen.len() < tokens.len() {
+        let call = backend.expect("disconnect").await;
+        assert_eq!(call.body["reason"], "client_closed");
+        seen.insert(call.token());
+    }
+    assert_eq!(seen, tokens);
+    wait_for_metric_at_least(&gw, "sse_gateway_disconnect_retries_total{outcome=\"delivered\"}", 5.0).await;
+}
+
+#[tokio::test]
+async fn a_drain_delivers_a_waiting_disconnect_retry_before_exit() {
+    let backend = Backend::start().await;
+    let mut gw = gateway(&backend, &[("DISCONNECT_RETRY_SECONDS", "60"), ("SHUTDOWN_TIMEOUT_SECONDS", "5")]).await;
+    let (c, token) = stream(&gw, &backend, "/s?request_id=flush").await;
+    backend.answer_disconnects(Reply::status(503));
+    c.close().await;
+    wait_for_metric_at_least(&gw, "sse_gateway_disconnect_retries_total{outcome=\"retry\"}", 1.0).await;
+    backend.answer_disconnects(Reply::ok("{}"));
+    // The drain tries waiting retries again at once and waits for them.
+    assert_eq!(gw.terminate().await, 0);
+    let calls: Vec<_> = backend.drain().await.into_iter().filter(|c| c.action() == "disconnect").collect();
+    assert!(calls.len() >= 2 && calls.iter().all(|c| c.token() == token), "{} disconnect calls", calls.len());
+}
+
+#[tokio::test]
 async fn a_disconnect_callback_failing_past_the_window_is_given_up_and_counted() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[("DISCONNECT_RETRY_SECONDS", "1")]).await;
     let (c, _) = stream(&gw, &backend, "/s?request_id=gone").await;
-    backend.auto(Reply::status(500));
+    backend.answer_disconnects(Reply::status(500));
     c.close().await;
-    metric_reaches(&gw, "sse_gateway_disconnect_retries_total{outcome=\"window\"}", 1.0).await;
+    wait_for_metric_at_least(&gw, "sse_gateway_disconnect_retries_total{outcome=\"window\"}", 1.0).await;
     gw.wait_for_log("gave up a disconnect callback").await;
     assert_eq!(request(gw.addr, "GET", "/readyz", &[], b"").await.status, 200);
 }
@@ -134,12 +154,13 @@ async fn without_rosters_callbacks_carry_no_instance() {
 async fn a_backend_that_refuses_rosters_is_logged_once_and_the_gateway_keeps_going() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[("ROSTER_INTERVAL_SECONDS", "1")]).await;
-    backend.auto(Reply::status(400));
-    metric_reaches(&gw, "sse_gateway_rosters_total{outcome=\"unsupported\"}", 2.0).await;
+    backend.answer_disconnects(Reply::status(400));
+    wait_for_metric_at_least(&gw, "sse_gateway_rosters_total{outcome=\"unsupported\"}", 2.0).await;
     let refusals = gw.stderr().iter().filter(|l| l.contains("does not support rosters")).count();
     assert_eq!(refusals, 1, "logged once");
-    backend.auto(Reply::ok("{}"));
-    let (_c, _) = stream(&gw, &backend, "/s?request_id=still-works").await;
+    // It keeps going: rosters go on, and the gateway stays ready.
+    wait_for_metric_at_least(&gw, "sse_gateway_rosters_total{outcome=\"unsupported\"}", 3.0).await;
+    assert_eq!(request(gw.addr, "GET", "/readyz", &[], b"").await.status, 200);
 }
 
 #[tokio::test]
@@ -277,6 +298,8 @@ async fn with_rabbitmq_a_close_by_key_reaches_a_stream_on_another_instance() {
     let gw2 = gateway(&backend, &env2.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>()).await;
     gw1.wait_for_log("connected to RabbitMQ").await;
     gw2.wait_for_log("connected to RabbitMQ").await;
+    // A stream on gw1 keeps the (auto-delete) test exchange alive throughout.
+    let (_keep, _) = stream(&gw1, &backend, "/s?request_id=keep").await;
     let (mut there, token) = stream(&gw2, &backend, "/s?request_id=remote").await;
     let (status, body) = admin(&gw1, "POST", "/internal/close", Some(json!({"key": "connection.remote"}))).await;
     assert_eq!((status, body), (200, json!({"matched": 1, "instances": 1})));

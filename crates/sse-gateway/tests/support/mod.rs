@@ -96,6 +96,20 @@ pub async fn wait_for_metric(gw: &Process, line_prefix: &str, want: f64) {
     }
 }
 
+/// Waits (at most `sse_testkit::WAIT`) until the metric reads at least `want`.
+pub async fn wait_for_metric_at_least(gw: &Process, line_prefix: &str, want: f64) {
+    let reached = tokio::time::timeout(sse_testkit::WAIT, async {
+        while metric_value(gw, line_prefix).await.unwrap_or(0.0) < want {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if reached.is_err() {
+        let text = metrics_text(gw).await;
+        panic!("metric {line_prefix} never reached {want} within {:?}:\n{text}", sse_testkit::WAIT);
+    }
+}
+
 async fn metrics_text(gw: &Process) -> String {
     String::from_utf8_lossy(&request(gw.internal_addr(), "GET", "/metrics", &[], b"").await.body).into_owned()
 }
