@@ -388,7 +388,7 @@ impl Amqp {
             return;
         }
         let retry_ms = body.get("retry_ms").and_then(serde_json::Value::as_u64);
-        let matched = router.close_key(key, crate::api::close_hint(retry_ms));
+        let matched = router.close_key(key, crate::retry::close_hint(retry_ms));
         metrics.emit(Event::AdminClosed { matched });
         let Some(reply_to) = delivery.properties.reply_to().as_ref() else { return };
         let reply = serde_json::json!({"instance": self.config.instance_id, "matched": matched}).to_string();

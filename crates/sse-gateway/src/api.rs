@@ -15,7 +15,6 @@ use crate::deliver::{self, DeliveryError};
 use crate::error::{ApiError, ErrorCode};
 use crate::events::{Event, Ingress};
 use crate::keys::{is_valid_key, query_param};
-use crate::retry::RetryHint;
 use crate::router::SendOutcome;
 use crate::routes::{Listener, Route};
 use crate::shared::Shared;
@@ -120,7 +119,7 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 /// `retry:` hint; their disconnect reason is `server_closed`.
 pub(crate) async fn close(shared: &Shared, body: &[u8]) -> Result<Value, ApiError> {
     let cmd = CloseCommand::parse(body)?;
-    let hint = close_hint(cmd.retry_ms);
+    let hint = crate::retry::close_hint(cmd.retry_ms);
     match cmd.target {
         CloseTarget::Token(t) => {
             // A pending stream counts too: it ends right after its connect decision.
@@ -142,14 +141,6 @@ pub(crate) async fn close(shared: &Shared, body: &[u8]) -> Result<Value, ApiErro
                 Ok(json!({"matched": matched, "instances": instances}))
             }
         },
-    }
-}
-
-/// The last frame of a closed stream: a fixed `retry:` or a jittered one.
-pub(crate) fn close_hint(retry_ms: Option<u64>) -> impl Fn() -> bytes::Bytes {
-    move || match retry_ms {
-        Some(ms) => sse_wire::encode::retry(ms),
-        None => RetryHint::Closed.frame(),
     }
 }
 

@@ -71,7 +71,7 @@ pub(crate) fn start(
                 if tx.is_closed() {
                     task_shared.router.remove(token);
                     task_shared.metrics.emit(Event::ClientLeftDuringConnect { token });
-                    crate::disconnect::spawn(&task_shared, hook, token, DisconnectReason::ClientClosed, request);
+                    spawn_disconnect(&task_shared, hook, token, DisconnectReason::ClientClosed, request);
                     return;
                 }
                 open(&task_shared, hook, token, request, accepted, peer, abort).await
@@ -119,7 +119,7 @@ async fn open(
     }
     release_keys(shared, release);
     if opened == Opened::Gone {
-        crate::disconnect::spawn(shared, hook, token, DisconnectReason::ServerClosed, Arc::clone(queue.request()));
+        spawn_disconnect(shared, hook, token, DisconnectReason::ServerClosed, Arc::clone(queue.request()));
         return Decision::Error(ApiError::new(ErrorCode::ShuttingDown, "The stream was closed"));
     }
     shared.metrics.emit(Event::StreamOpened { token, request_id: accepted.request_id.as_deref() });
@@ -149,7 +149,7 @@ fn end_hook(shared: &Arc<Shared>, hook: Arc<dyn ConnectHook>) -> EndHook {
         let released = shared.router.end_stream(queue, reason);
         release_keys(&shared, released);
         shared.metrics.emit(Event::StreamEnded { token: queue.token(), reason });
-        crate::disconnect::spawn(&shared, hook, queue.token(), reason, Arc::clone(queue.request()));
+        spawn_disconnect(&shared, hook, queue.token(), reason, Arc::clone(queue.request()));
     })
 }
 
@@ -161,4 +161,21 @@ pub(crate) fn release_keys(shared: &Arc<Shared>, keys: Vec<Box<str>>) {
     }
     let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
     shared.tracker.spawn_on(async move { amqp.release(keys).await }, &rt);
+}
+
+/// Sends (and if need be retries) the disconnect callback of `token` in a tracked task.
+fn spawn_disconnect(
+    shared: &Arc<Shared>,
+    hook: Arc<dyn ConnectHook>,
+    token: Uuid,
+    reason: DisconnectReason,
+    request: Arc<ClientRequest>,
+) {
+    // Handles can be dropped while the runtime itself shuts down; then there
+    // is nobody left to send the callback.
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    let task_shared = Arc::clone(shared);
+    shared
+        .tracker
+        .spawn_on(async move { task_shared.disconnects.deliver(hook.as_ref(), token, reason, &request).await }, &rt);
 }

@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::events::{Event, GiveUp};
 use crate::hook::{ClientRequest, ConnectHook, DisconnectReason};
-use crate::shared::Shared;
+use crate::metrics::Metrics;
 
 /// Most disconnect callbacks waiting for a retry at once.
 const MAX_WAITING: usize = 100_000;
@@ -32,7 +33,7 @@ const DRAIN_BACKOFF: Duration = Duration::from_millis(200);
 
 /// Counts the retries waiting (count, bytes), against the bounds.
 #[derive(Debug, Default)]
-pub(crate) struct Waiting {
+struct Waiting {
     state: Mutex<(usize, usize)>,
 }
 
@@ -42,8 +43,7 @@ impl Waiting {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Retries waiting now.
-    pub(crate) fn count(&self) -> usize {
+    fn count(&self) -> usize {
         self.lock().0
     }
 
@@ -81,64 +81,71 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(0.5 + unit)
 }
 
-/// Sends (and if need be retries) the disconnect callback of `token` in a tracked task.
-pub(crate) fn spawn(
-    shared: &Arc<Shared>,
-    hook: Arc<dyn ConnectHook>,
-    token: Uuid,
-    reason: DisconnectReason,
-    request: Arc<ClientRequest>,
-) {
-    // Handles can be dropped while the runtime itself shuts down; then there
-    // is nobody left to send the callback.
-    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-    let task_shared = Arc::clone(shared);
-    shared.tracker.spawn_on(async move { deliver(&task_shared, hook.as_ref(), token, reason, &request).await }, &rt);
+/// How disconnect callbacks are delivered: the retry window, the retries
+/// waiting, and what a retry watches (the drain).
+pub(crate) struct Disconnects {
+    window: Duration,
+    waiting: Waiting,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
 }
 
-async fn deliver(
-    shared: &Shared,
-    hook: &dyn ConnectHook,
-    token: Uuid,
-    reason: DisconnectReason,
-    request: &ClientRequest,
-) {
-    let window_end = Instant::now() + shared.config.disconnect_retry;
-    let mut backoff = FIRST_BACKOFF;
-    let mut reservation = None;
-    let mut attempt: u32 = 1;
-    loop {
-        let started = Instant::now();
-        let result = hook.disconnect(token, reason, request).await;
-        let elapsed = started.elapsed();
-        shared.metrics.emit(Event::DisconnectAnswered { token, result: result.as_ref().copied(), elapsed, attempt });
-        let Err(error) = result else { return };
-        if !error.is_transient() {
-            return;
-        }
-        let now = Instant::now();
-        if now >= window_end {
-            if !shared.config.disconnect_retry.is_zero() {
-                shared.metrics.emit(Event::DisconnectGivenUp { token, why: GiveUp::Window, attempts: attempt });
-            }
-            return;
-        }
-        if reservation.is_none() {
-            reservation = shared.disconnects_waiting.reserve(request_bytes(request));
-            if reservation.is_none() {
-                shared.metrics.emit(Event::DisconnectGivenUp { token, why: GiveUp::TooMany, attempts: attempt });
+impl Disconnects {
+    pub(crate) fn new(window: Duration, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
+        Self { window, waiting: Waiting::default(), metrics, shutdown }
+    }
+
+    /// Retries waiting now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.count()
+    }
+
+    /// Sends the disconnect callback of `token`, retrying transient failures
+    /// within the window; returns when it was taken, refused, or given up.
+    pub(crate) async fn deliver(
+        &self,
+        hook: &dyn ConnectHook,
+        token: Uuid,
+        reason: DisconnectReason,
+        request: &ClientRequest,
+    ) {
+        let window_end = Instant::now() + self.window;
+        let mut backoff = FIRST_BACKOFF;
+        let mut reservation = None;
+        let mut attempt: u32 = 1;
+        loop {
+            let started = Instant::now();
+            let result = hook.disconnect(token, reason, request).await;
+            let elapsed = started.elapsed();
+            self.metrics.emit(Event::DisconnectAnswered { token, result: result.as_ref().copied(), elapsed, attempt });
+            let Err(error) = result else { return };
+            if !error.is_transient() {
                 return;
             }
+            let now = Instant::now();
+            if now >= window_end {
+                if !self.window.is_zero() {
+                    self.metrics.emit(Event::DisconnectGivenUp { token, why: GiveUp::Window, attempts: attempt });
+                }
+                return;
+            }
+            if reservation.is_none() {
+                reservation = self.waiting.reserve(request_bytes(request));
+                if reservation.is_none() {
+                    self.metrics.emit(Event::DisconnectGivenUp { token, why: GiveUp::TooMany, attempts: attempt });
+                    return;
+                }
+            }
+            let delay = if self.shutdown.is_cancelled() { DRAIN_BACKOFF } else { jittered(backoff) };
+            let wake = (now + delay).min(window_end);
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                // The drain flushes waiting retries now rather than after their backoff.
+                () = self.shutdown.cancelled(), if !self.shutdown.is_cancelled() => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            attempt += 1;
         }
-        let delay = if shared.shutdown.is_cancelled() { DRAIN_BACKOFF } else { jittered(backoff) };
-        let wake = (now + delay).min(window_end);
-        tokio::select! {
-            () = tokio::time::sleep_until(wake) => {}
-            // The drain flushes waiting retries now rather than after their backoff.
-            () = shared.shutdown.cancelled(), if !shared.shutdown.is_cancelled() => {}
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-        attempt += 1;
     }
 }
 

@@ -43,6 +43,15 @@ impl RetryHint {
     }
 }
 
+/// The last frame of a stream an operator closed: `retry_ms` when given,
+/// else a jittered [`RetryHint::Closed`].
+pub(crate) fn close_hint(retry_ms: Option<u64>) -> impl Fn() -> Bytes {
+    move || match retry_ms {
+        Some(ms) => sse_wire::encode::retry(ms),
+        None => RetryHint::Closed.frame(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

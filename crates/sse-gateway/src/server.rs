@@ -115,7 +115,7 @@ async fn drain(shared: &Arc<Shared>, connections: &TaskTracker) {
     let callbacks_deadline = deadline.max(Instant::now() + shared.config.callback_timeout + Duration::from_secs(1));
     if tokio::time::timeout_at(callbacks_deadline, shared.tracker.wait()).await.is_err() {
         warn!(
-            waiting_for_retry = shared.disconnects_waiting.count(),
+            waiting_for_retry = shared.disconnects.waiting(),
             "some disconnect callbacks did not finish before exit; the backend never heard them"
         );
     }

@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::amqp::Amqp;
 use crate::app::AppService;
 use crate::config::Config;
-use crate::disconnect::Waiting;
+use crate::disconnect::Disconnects;
 use crate::expiry::Expiries;
 use crate::hook::ConnectHook;
 use crate::metrics::Metrics;
@@ -36,26 +36,29 @@ pub(crate) struct Shared {
     pub(crate) app: Option<(String, AppService)>,
     /// Streams with a credential expiry.
     pub(crate) expiries: Expiries,
-    /// Disconnect callbacks waiting for a retry.
-    pub(crate) disconnects_waiting: Waiting,
+    /// Disconnect callback delivery (retries).
+    pub(crate) disconnects: Disconnects,
 }
 
 impl Shared {
     pub(crate) fn new(config: Config, hook: Option<Arc<dyn ConnectHook>>, app: Option<(String, AppService)>) -> Self {
         let router = Arc::new(Router::new(config.stream_queue_bytes, config.max_connections, config.resume_ttl));
         let amqp = config.amqp.clone().map(Amqp::new);
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+        let disconnects = Disconnects::new(config.disconnect_retry, Arc::clone(&metrics), shutdown.clone());
         Self {
             config,
             router,
             hook,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             tracker: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             cut: CancellationToken::new(),
             amqp,
             app,
             expiries: Expiries::default(),
-            disconnects_waiting: Waiting::default(),
+            disconnects,
         }
     }
 
