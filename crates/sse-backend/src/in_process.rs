@@ -43,8 +43,13 @@ impl ConnectHook for InProcessHook {
     fn connect<'a>(&'a self, token: Uuid, request: &'a ClientRequest) -> HookFuture<'a, Result<Accepted, Refusal>> {
         Box::pin(async move {
             let token = token.to_string();
-            let run = AssertUnwindSafe(self.handler.connect(&token, &request.url, &request.headers)).catch_unwind();
+            // No instance: an in-process gateway shares the backend's fate, so
+            // its streams never need roster management.
+            let run =
+                AssertUnwindSafe(self.handler.connect(&token, &request.url, &request.headers, None)).catch_unwind();
             match run.await {
+                // TODO(issue 11): map `answer.expires_at` to `Accepted::expires_at`
+                // (`Option<SystemTime>`) once sse-gateway has that field.
                 Ok(Ok(answer)) => Ok(Accepted { request_id: Some(answer.info.request_id), bindings: answer.bindings }),
                 Ok(Err(e)) => Err(refusal(&e)),
                 Err(p) => {
