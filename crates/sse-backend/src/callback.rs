@@ -1,5 +1,5 @@
-//! The connect/disconnect callback (docs/BACKEND.md, Callback handler), one
-//! implementation for both
+//! The connect/disconnect/roster callback (docs/BACKEND.md, Callback handler),
+//! one implementation for both
 //! ingresses: the `POST /api/sse/callback` axum route ([`CallbackHandler::router`])
 //! and the in-process [`crate::in_process::InProcessHook`].
 //!
@@ -9,23 +9,27 @@
 //! the identity (never rejecting for it), registers the stream with the
 //! [`ConnectionManager`] (which binds the identity before running the connect
 //! observers, so a version notice is sent while the gateway still buffers),
-//! and answers `{}` or, with [`AnswerMode::Routing`], the routing answer.
+//! and answers `{}` or, with [`AnswerMode::Routing`], the routing answer; both
+//! carry `expires_at` when the identity came from a token. A roster (sent by
+//! gateways with rosters on) goes to [`ConnectionManager::on_roster`].
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use serde_json::{Value, json};
 
-use crate::connections::{ConnectionInfo, ConnectionManager};
+use crate::connections::{ConnectionInfo, ConnectionManager, Roster};
 use crate::identity::IdentityResolver;
 
-/// What a connect answer carries.
+/// What a connect answer carries. In both modes `expires_at` is added when the
+/// identity came from a token (a gateway that does not know it ignores it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AnswerMode {
     /// `{}` (as the original backends answer; the gateway knows the stream by token only).
@@ -107,12 +111,15 @@ pub struct ConnectAnswer {
     pub info: ConnectionInfo,
     /// Its routing keys.
     pub bindings: Vec<String>,
+    /// When the stream's credential expires (Unix seconds, the JWT `exp`);
+    /// the gateway then ends the stream with `auth_expired`.
+    pub expires_at: Option<u64>,
 }
 
 impl ConnectAnswer {
     /// The JSON answer for `mode`.
     pub fn to_json(&self, mode: AnswerMode) -> Value {
-        match mode {
+        let mut answer = match mode {
             AnswerMode::Empty => json!({}),
             AnswerMode::Routing => json!({
                 "request_id": self.info.request_id,
@@ -120,7 +127,11 @@ impl ConnectAnswer {
                 "role": self.info.role,
                 "bindings": self.bindings,
             }),
+        };
+        if let (Some(exp), Value::Object(map)) = (self.expires_at, &mut answer) {
+            map.insert("expires_at".to_owned(), exp.into());
         }
+        answer
     }
 }
 
@@ -148,11 +159,25 @@ fn first_query_param<'q>(query: &'q str, name: &str) -> Option<std::borrow::Cow<
     form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
-/// A validated callback payload.
+/// A validated connect/disconnect payload.
 struct Payload {
     token: String,
     url: String,
     headers: Vec<(String, String)>,
+    instance: Option<String>,
+}
+
+/// The optional `instance` of a connect/disconnect: absent or `null` is none
+/// (gateways without rosters send none), else a non-empty string.
+fn instance_of(body: &Value, details: &mut Vec<String>) -> Option<String> {
+    match body.get("instance") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(_) => {
+            details.push("instance: a non-empty string is required".to_owned());
+            None
+        }
+    }
 }
 
 fn validate(body: &Value, action: &str) -> Result<Payload, CallbackError> {
@@ -161,6 +186,7 @@ fn validate(body: &Value, action: &str) -> Result<Payload, CallbackError> {
     if token.is_none() {
         details.push("token: a string is required".to_owned());
     }
+    let instance = instance_of(body, &mut details);
     if action == "disconnect" && !body.get("reason").is_some_and(Value::is_string) {
         details.push("reason: a string is required".to_owned());
     }
@@ -187,10 +213,48 @@ fn validate(body: &Value, action: &str) -> Result<Payload, CallbackError> {
         _ => details.push("request: an object is required".to_owned()),
     }
     match (token, url) {
-        (Some(t), Some(u)) if details.is_empty() => Ok(Payload { token: t.to_owned(), url: u.to_owned(), headers }),
+        (Some(t), Some(u)) if details.is_empty() => {
+            Ok(Payload { token: t.to_owned(), url: u.to_owned(), headers, instance })
+        }
         _ => Err(CallbackError::InvalidPayload(details)),
     }
 }
+
+/// A roster body: `instance` a non-empty string, `tokens` an array of
+/// strings, `interval_seconds` a positive integer.
+fn validate_roster(body: &Value) -> Result<Roster, CallbackError> {
+    let mut details = Vec::new();
+    let instance = body.get("instance").and_then(Value::as_str).filter(|s| !s.is_empty());
+    if instance.is_none() {
+        details.push("instance: a non-empty string is required".to_owned());
+    }
+    let mut tokens = Vec::new();
+    match body.get("tokens") {
+        Some(Value::Array(list)) => {
+            for (n, t) in list.iter().enumerate() {
+                match t.as_str() {
+                    Some(t) => tokens.push(t.to_owned()),
+                    None => details.push(format!("tokens.{n}: a string is required")),
+                }
+            }
+        }
+        _ => details.push("tokens: an array of strings is required".to_owned()),
+    }
+    let interval = body.get("interval_seconds").and_then(Value::as_u64).filter(|n| *n > 0);
+    if interval.is_none() {
+        details.push("interval_seconds: a positive integer is required".to_owned());
+    }
+    match (instance, interval) {
+        (Some(i), Some(n)) if details.is_empty() => {
+            Ok(Roster { instance: i.to_owned(), tokens, interval: std::time::Duration::from_secs(n) })
+        }
+        _ => Err(CallbackError::InvalidPayload(details)),
+    }
+}
+
+/// Largest callback body read. Rosters list every token of an instance
+/// (about 40 bytes each), so this is far above axum's 2 MiB default.
+pub const MAX_CALLBACK_BODY: usize = 32 * 1024 * 1024;
 
 impl CallbackHandler {
     /// A handler registering streams with `manager`.
@@ -204,12 +268,14 @@ impl CallbackHandler {
     }
 
     /// Handles a connect: `request_id` from `url`, identity from `headers`,
-    /// registration (replacement, observers). Never refuses for identity.
+    /// registration with the gateway `instance` holding the stream (if
+    /// named), replacement, observers. Never refuses for identity.
     pub async fn connect(
         &self,
         token: &str,
         url: &str,
         headers: &[(String, String)],
+        instance: Option<&str>,
     ) -> Result<ConnectAnswer, CallbackError> {
         let request_id = request_id_of(url)?;
         let identity = match self.identity.resolve(headers).await {
@@ -222,16 +288,17 @@ impl CallbackHandler {
                 None
             }
         };
-        self.manager.on_connect(&request_id, token, url, identity.as_ref()).await;
+        self.manager.on_connect(&request_id, token, url, identity.as_ref(), instance).await;
         let info = self.manager.connection_info(&request_id).unwrap_or_else(|| ConnectionInfo {
             request_id: request_id.clone(),
             token: token.to_owned(),
             url: url.to_owned(),
             subject: identity.as_ref().map(|i| i.subject.clone()),
             role: identity.as_ref().and_then(|i| i.role.clone()),
+            instance: instance.map(str::to_owned),
         });
         let bindings = ConnectionManager::bindings(&info);
-        Ok(ConnectAnswer { info, bindings })
+        Ok(ConnectAnswer { info, bindings, expires_at: identity.and_then(|i| i.expires_at) })
     }
 
     /// Handles a disconnect.
@@ -278,12 +345,17 @@ impl CallbackHandler {
         match value.get("action") {
             Some(Value::String(a)) if a == "connect" => {
                 let p = validate(&value, "connect")?;
-                let answer = self.connect(&p.token, &p.url, &p.headers).await?;
+                let answer = self.connect(&p.token, &p.url, &p.headers, p.instance.as_deref()).await?;
                 Ok(answer.to_json(self.config.answer))
             }
             Some(Value::String(a)) if a == "disconnect" => {
                 let p = validate(&value, "disconnect")?;
                 self.disconnect(&p.token).await;
+                Ok(json!({}))
+            }
+            Some(Value::String(a)) if a == "roster" => {
+                let roster = validate_roster(&value)?;
+                self.manager.on_roster(&roster).await;
                 Ok(json!({}))
             }
             Some(Value::String(a)) => Err(CallbackError::UnknownAction(a.clone())),
@@ -297,9 +369,12 @@ impl CallbackHandler {
         self.config.answer
     }
 
-    /// `POST /api/sse/callback`.
+    /// `POST /api/sse/callback` (bodies up to [`MAX_CALLBACK_BODY`]).
     pub fn router(self: Arc<Self>) -> axum::Router {
-        axum::Router::new().route("/api/sse/callback", axum::routing::post(serve)).with_state(self)
+        axum::Router::new()
+            .route("/api/sse/callback", axum::routing::post(serve))
+            .layer(DefaultBodyLimit::max(MAX_CALLBACK_BODY))
+            .with_state(self)
     }
 }
 
@@ -317,6 +392,7 @@ async fn serve(
 mod tests {
     use super::*;
     use crate::testing::Recorder;
+    use std::future::Future;
     use std::sync::Mutex;
 
     fn handler(secret: Option<&str>) -> (Arc<Recorder>, CallbackHandler) {
@@ -436,5 +512,108 @@ mod tests {
             json!({"request_id":"r9","subject":"local-user","role":null,
                    "bindings":["broadcast","connection.r9","subject.local-user"]})
         );
+    }
+
+    fn post_json(h: &CallbackHandler, query: Option<&str>, body: Value) -> impl Future<Output = (StatusCode, Value)> {
+        let bytes = body.to_string().into_bytes();
+        async move { h.handle(query, &json_headers(), &bytes).await }
+    }
+
+    #[tokio::test]
+    async fn connect_and_disconnect_accept_an_instance_and_old_gateways_send_none() {
+        let (_rec, h) = handler(None);
+        let with =
+            json!({"action":"connect","token":"t1","request":{"url":"/s?request_id=a","headers":{}},"instance":"gw-1"});
+        assert_eq!(post_json(&h, None, with).await, (StatusCode::OK, json!({})));
+        assert_eq!(h.manager().connection_info("a").unwrap().instance.as_deref(), Some("gw-1"));
+        assert_eq!(h.handle(None, &json_headers(), &connect_body("/s?request_id=b")).await.0, StatusCode::OK);
+        assert_eq!(h.manager().connection_info("b").unwrap().instance, None, "no instance field: not roster-managed");
+        let bad =
+            json!({"action":"connect","token":"t3","request":{"url":"/s?request_id=c","headers":{}},"instance":7});
+        let (status, body) = post_json(&h, None, bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["details"], json!(["instance: a non-empty string is required"]));
+        assert!(!h.manager().has_connection("c"));
+        let bye = json!({"action":"disconnect","reason":"client_closed","token":"t1",
+                         "request":{"url":"/s?request_id=a","headers":{}},"instance":"gw-1"});
+        assert_eq!(post_json(&h, None, bye).await, (StatusCode::OK, json!({})));
+        assert!(!h.manager().has_connection("a"));
+    }
+
+    #[tokio::test]
+    async fn roster_is_answered_empty_and_ends_connections_its_instance_no_longer_holds() {
+        let (_rec, h) = handler(Some("s3cret"));
+        let q = Some("secret=s3cret");
+        for (rid, tok) in [("a", "t1"), ("b", "t2")] {
+            let body = json!({"action":"connect","token":tok,
+                              "request":{"url":format!("/s?request_id={rid}"),"headers":{}},"instance":"gw-1"});
+            assert_eq!(post_json(&h, q, body).await.0, StatusCode::OK);
+        }
+        let roster = json!({"action":"roster","instance":"gw-1","tokens":["t1"],"interval_seconds":5});
+        assert_eq!(
+            post_json(&h, None, roster.clone()).await,
+            (StatusCode::UNAUTHORIZED, json!({"error":"Unauthorized"})),
+            "the secret guards rosters too"
+        );
+        assert_eq!(post_json(&h, q, roster.clone()).await, (StatusCode::OK, json!({})));
+        assert_eq!(post_json(&h, q, roster).await, (StatusCode::OK, json!({})));
+        assert!(h.manager().has_connection("a"));
+        assert!(!h.manager().has_connection("b"), "t2 was left out of the roster: instance_lost");
+        assert_eq!(h.manager().metrics().rosters_received.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn invalid_roster_bodies_are_400_with_details() {
+        let (_rec, h) = handler(None);
+        let cases = [
+            (json!({"action":"roster","tokens":[],"interval_seconds":5}), "instance"),
+            (json!({"action":"roster","instance":"","tokens":[],"interval_seconds":5}), "instance"),
+            (json!({"action":"roster","instance":"gw","interval_seconds":5}), "tokens"),
+            (json!({"action":"roster","instance":"gw","tokens":["a",1],"interval_seconds":5}), "tokens.1"),
+            (json!({"action":"roster","instance":"gw","tokens":[]}), "interval_seconds"),
+            (json!({"action":"roster","instance":"gw","tokens":[],"interval_seconds":0}), "interval_seconds"),
+            (json!({"action":"roster","instance":"gw","tokens":[],"interval_seconds":1.5}), "interval_seconds"),
+            (json!({"action":"roster","instance":"gw","tokens":[],"interval_seconds":"5"}), "interval_seconds"),
+        ];
+        for (body, field) in cases {
+            let (status, got) = post_json(&h, None, body.clone()).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(got["error"], "Invalid payload", "{body}");
+            let details: Vec<&str> = got["details"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+            assert!(details.iter().any(|d| d.starts_with(&format!("{field}:"))), "{body}: {details:?}");
+        }
+        assert_eq!(h.manager().metrics().rosters_received.get(), 0, "refused rosters are not counted");
+    }
+
+    #[tokio::test]
+    async fn connect_answer_carries_the_token_exp_as_expires_at_in_both_modes() {
+        use crate::testing::{claims, oidc_resolver, sign};
+        let c = claims("alice", 300);
+        let exp = c["exp"].as_u64().unwrap();
+        let bearer = format!("Bearer {}", sign(c, "test-key-1"));
+        let body = |rid: &str| {
+            json!({"action":"connect","token":format!("t-{rid}"),
+                   "request":{"url":format!("/s?request_id={rid}"),"headers":{"authorization":bearer}}})
+        };
+        for mode in [AnswerMode::Empty, AnswerMode::Routing] {
+            let (_rec, cm) = Recorder::manager();
+            let h = CallbackHandler::new(CallbackConfig { secret: None, answer: mode }, cm, Arc::new(oidc_resolver()));
+            let (status, answer) = post_json(&h, None, body("a")).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(answer["expires_at"], json!(exp), "{mode:?}: {answer}");
+            if mode == AnswerMode::Routing {
+                assert_eq!(answer["subject"], "alice");
+            } else {
+                assert_eq!(answer, json!({"expires_at": exp}));
+            }
+            let anonymous = json!({"action":"connect","token":"t-anon",
+                                   "request":{"url":"/s?request_id=n","headers":{"cookie":"access_token=garbage"}}});
+            let (status, answer) = post_json(&h, None, anonymous).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(answer.get("expires_at").is_none(), "no identity from a token, no expiry: {answer}");
+        }
+        let (_rec, off) = handler(None);
+        let (_, answer) = post_json(&off, None, body("b")).await;
+        assert_eq!(answer, json!({}), "OIDC off: local-user has no expiry");
     }
 }

@@ -11,11 +11,19 @@
 //! bound before connect observers run; broadcasts and per-subject sends are
 //! one publish when the broadcaster can, else concurrent per-token sends with
 //! a bound.
+//!
+//! It also keeps the roster state of each gateway instance (docs/BACKEND.md,
+//! Roster): which instance holds each token, and when each instance last
+//! sent its roster. A roster or an instance's silence ends connections
+//! through the same path as a disconnect callback; the silence check is a
+//! background task started by the first roster, holding only a weak
+//! reference to the table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
@@ -41,12 +49,89 @@ pub struct ConnectionInfo {
     pub subject: Option<String>,
     /// Bound role, if any.
     pub role: Option<String>,
+    /// The gateway instance holding the stream, from the connect callback
+    /// (`None`: a gateway without rosters; never roster-managed).
+    pub instance: Option<String>,
 }
+
+/// Why a connection left the table other than by replacement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectCause {
+    /// The gateway's disconnect callback.
+    Callback,
+    /// The gateway answered 404 to a send: it no longer holds the stream.
+    GatewayNotFound,
+    /// `instance_lost`: the stream's gateway instance left it out of its
+    /// roster, or sent no roster for 3 of its intervals.
+    InstanceLost,
+}
+
+impl DisconnectCause {
+    /// The name used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Callback => "disconnect_callback",
+            Self::GatewayNotFound => "gateway_not_found",
+            Self::InstanceLost => "instance_lost",
+        }
+    }
+}
+
+/// A gateway instance that sends rosters: how often, when it last did.
+struct InstanceRoster {
+    interval: Duration,
+    last: tokio::time::Instant,
+    /// Rosters received so far from this instance.
+    received: u64,
+}
+
+impl InstanceRoster {
+    /// When the instance is presumed dead (3 intervals of silence); `None`
+    /// when that lies beyond what the clock can represent.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.interval.checked_mul(SILENT_INTERVALS).and_then(|d| self.last.checked_add(d))
+    }
+}
+
+/// An instance silent for this many of its roster intervals is presumed dead.
+const SILENT_INTERVALS: u32 = 3;
 
 #[derive(Default)]
 struct State {
     by_request: HashMap<String, ConnectionInfo>,
     by_token: HashMap<String, String>,
+    /// For tokens with an instance: how many rosters that instance had sent
+    /// when the token connected. A roster only ends tokens registered before
+    /// the previous roster of their instance arrived, so a roster taken
+    /// before a connect but delivered after it never ends that stream.
+    roster_epoch: HashMap<String, u64>,
+    instances: HashMap<String, InstanceRoster>,
+}
+
+impl State {
+    /// Removes the mapping of `token` if it is the live stream of its id;
+    /// returns that id.
+    fn remove_if_current(&mut self, token: &str) -> Option<String> {
+        self.roster_epoch.remove(token);
+        let rid = self.by_token.remove(token)?;
+        if self.by_request.get(&rid).is_some_and(|c| c.token == token) {
+            self.by_request.remove(&rid);
+            Some(rid)
+        } else {
+            None
+        }
+    }
+}
+
+/// A validated roster (`{"action":"roster",...}`) from one gateway instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roster {
+    /// The sending instance.
+    pub instance: String,
+    /// Every token the instance holds (open or connecting).
+    pub tokens: Vec<String>,
+    /// Seconds between two rosters of this instance (at least 1).
+    pub interval: Duration,
 }
 
 #[derive(Default)]
@@ -61,6 +146,9 @@ struct Inner {
     broadcaster: Arc<dyn Broadcaster>,
     metrics: Metrics,
     fanout_limit: usize,
+    /// Woken on every roster so the silence watch recomputes its deadline.
+    roster_changed: Arc<tokio::sync::Notify>,
+    watch_started: AtomicBool,
 }
 
 /// The connection table. Cheap to clone; clones share the table.
@@ -87,6 +175,8 @@ impl ConnectionManager {
                 broadcaster,
                 metrics,
                 fanout_limit: limit.max(1),
+                roster_changed: Arc::new(tokio::sync::Notify::new()),
+                watch_started: AtomicBool::new(false),
             }),
         }
     }
@@ -125,24 +215,38 @@ impl ConnectionManager {
     }
 
     /// Registers a new stream for `request_id` with its identity (bound
-    /// first), replacing and closing any previous stream of that id, then runs
+    /// first) and the gateway `instance` holding it (if the gateway named
+    /// one), replacing and closing any previous stream of that id, then runs
     /// the disconnect observers for the replaced one and the connect observers
     /// for the new one, in that order, outside the lock.
-    pub async fn on_connect(&self, request_id: &str, token: &str, url: &str, identity: Option<&Identity>) {
+    pub async fn on_connect(
+        &self,
+        request_id: &str,
+        token: &str,
+        url: &str,
+        identity: Option<&Identity>,
+        instance: Option<&str>,
+    ) {
         let info = ConnectionInfo {
             request_id: request_id.to_owned(),
             token: token.to_owned(),
             url: url.to_owned(),
             subject: identity.map(|i| i.subject.clone()),
             role: identity.and_then(|i| i.role.clone()),
+            instance: instance.map(str::to_owned),
         };
         let (replaced, live) = {
             let mut st = self.state();
             let replaced = st.by_request.insert(request_id.to_owned(), info);
             if let Some(old) = &replaced {
                 st.by_token.remove(&old.token);
+                st.roster_epoch.remove(&old.token);
             }
             st.by_token.insert(token.to_owned(), request_id.to_owned());
+            if let Some(i) = instance {
+                let epoch = st.instances.get(i).map_or(0, |r| r.received);
+                st.roster_epoch.insert(token.to_owned(), epoch);
+            }
             (replaced, st.by_request.len())
         };
         let m = &self.inner.metrics;
@@ -168,23 +272,130 @@ impl ConnectionManager {
 
     /// The stream `token` ended. Unknown or replaced tokens are ignored.
     pub async fn on_disconnect(&self, token: &str) {
-        if let Some((rid, live)) = self.remove_if_current(token) {
-            self.inner.metrics.count_connection("disconnect");
-            self.inner.metrics.active_connections.set(gauge(live));
-            self.run_observers(false, &rid).await;
-        }
+        self.end(&[token.to_owned()], DisconnectCause::Callback).await;
     }
 
-    /// Removes the mapping of `token` if it is the live stream of its id.
-    fn remove_if_current(&self, token: &str) -> Option<(String, usize)> {
-        let mut st = self.state();
-        let rid = st.by_token.remove(token)?;
-        if st.by_request.get(&rid).is_some_and(|c| c.token == token) {
-            st.by_request.remove(&rid);
-            Some((rid, st.by_request.len()))
-        } else {
-            None
+    /// Ends the connections of `tokens` that are still the live stream of
+    /// their id: the one path of every disconnect (callback, gateway 404,
+    /// `instance_lost`). Counts and gauge first, then the disconnect
+    /// observers of each, outside the lock. Returns how many ended.
+    async fn end(&self, tokens: &[String], cause: DisconnectCause) -> usize {
+        let (ended, live) = {
+            let mut st = self.state();
+            let ended: Vec<String> = tokens.iter().filter_map(|t| st.remove_if_current(t)).collect();
+            (ended, st.by_request.len())
+        };
+        if ended.is_empty() {
+            return 0;
         }
+        let m = &self.inner.metrics;
+        for rid in &ended {
+            m.count_connection("disconnect");
+            if cause == DisconnectCause::InstanceLost {
+                m.instance_lost.inc();
+                tracing::info!(request_id = %rid, reason = cause.as_str(), "connection ended");
+            }
+        }
+        m.active_connections.set(gauge(live));
+        for rid in &ended {
+            self.run_observers(false, rid).await;
+        }
+        ended.len()
+    }
+
+    /// A roster from a gateway instance: ends (as `instance_lost`) each of
+    /// that instance's connections the roster does not list, if it was
+    /// registered before the instance's previous roster arrived (see
+    /// `roster_epoch`). Never adds. Returns how many ended. The first roster
+    /// also starts the silence watch ([`Self::expire_silent_instances`]).
+    pub async fn on_roster(&self, roster: &Roster) -> usize {
+        self.inner.metrics.rosters_received.inc();
+        let listed: HashSet<&str> = roster.tokens.iter().map(String::as_str).collect();
+        let lost: Vec<String> = {
+            let mut st = self.state();
+            let now = tokio::time::Instant::now();
+            let previous = {
+                let r = st.instances.entry(roster.instance.clone()).or_insert(InstanceRoster {
+                    interval: roster.interval,
+                    last: now,
+                    received: 0,
+                });
+                let previous = r.received;
+                r.interval = roster.interval;
+                r.last = now;
+                r.received += 1;
+                previous
+            };
+            st.by_request
+                .values()
+                .filter(|c| c.instance.as_deref() == Some(roster.instance.as_str()))
+                .filter(|c| !listed.contains(c.token.as_str()))
+                .filter(|c| st.roster_epoch.get(&c.token).is_some_and(|e| *e < previous))
+                .map(|c| c.token.clone())
+                .collect()
+        };
+        self.inner.roster_changed.notify_one();
+        self.start_silence_watch();
+        if !lost.is_empty() {
+            tracing::info!(instance = %roster.instance, count = lost.len(), "roster left out live connections");
+        }
+        self.end(&lost, DisconnectCause::InstanceLost).await
+    }
+
+    /// Ends (as `instance_lost`) every connection of each instance whose last
+    /// roster is 3 of its intervals old at `now`, and forgets that instance.
+    /// Returns how many connections ended and the next deadline of the
+    /// instances left.
+    pub async fn expire_silent_instances(&self, now: tokio::time::Instant) -> (usize, Option<tokio::time::Instant>) {
+        let (lost, next) = {
+            let mut st = self.state();
+            let dead: Vec<String> = st
+                .instances
+                .iter()
+                .filter(|(_, r)| r.deadline().is_some_and(|d| d <= now))
+                .map(|(i, _)| i.clone())
+                .collect();
+            for i in &dead {
+                st.instances.remove(i);
+                tracing::warn!(instance = %i, "no roster for 3 intervals; the instance is presumed dead");
+            }
+            let lost: Vec<String> = st
+                .by_request
+                .values()
+                .filter(|c| c.instance.as_ref().is_some_and(|i| dead.contains(i)))
+                .map(|c| c.token.clone())
+                .collect();
+            (lost, st.instances.values().filter_map(InstanceRoster::deadline).min())
+        };
+        (self.end(&lost, DisconnectCause::InstanceLost).await, next)
+    }
+
+    /// Starts, once, the task that expires silent instances. It sleeps until
+    /// the earliest deadline (or the next roster) and ends with the manager.
+    fn start_silence_watch(&self) {
+        if self.inner.watch_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let changed = Arc::clone(&self.inner.roster_changed);
+        tokio::spawn(async move {
+            loop {
+                let next = {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let cm = ConnectionManager { inner };
+                    cm.expire_silent_instances(tokio::time::Instant::now()).await.1
+                };
+                match next {
+                    Some(deadline) => {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(deadline) => {}
+                            () = changed.notified() => {}
+                        }
+                    }
+                    None => changed.notified().await,
+                }
+            }
+        });
     }
 
     async fn run_observers(&self, connect: bool, request_id: &str) {
@@ -260,7 +471,7 @@ impl ConnectionManager {
             Ok(SendStatus::Ok | SendStatus::Buffered) => {}
             Ok(SendStatus::NotFound) => {
                 tracing::info!(token, "gateway no longer knows the stream; ending its connection");
-                self.on_disconnect(token).await;
+                self.end(&[token.to_owned()], DisconnectCause::GatewayNotFound).await;
             }
             Err(e) => tracing::warn!(token, event = %event.name, error = %e, "send failed"),
         }
@@ -366,13 +577,13 @@ mod tests {
     }
 
     fn id(s: &str) -> Identity {
-        Identity { subject: s.to_owned(), role: None }
+        Identity::new(s.to_owned(), None)
     }
 
     #[tokio::test]
     async fn conn_manager_new_connect_stores_forward_and_reverse_maps() {
         let (rec, cm) = Recorder::manager();
-        cm.on_connect("r1", "t1", "/s?request_id=r1", None).await;
+        cm.on_connect("r1", "t1", "/s?request_id=r1", None, None).await;
         let info = cm.connection_info("r1").unwrap();
         assert_eq!((info.token.as_str(), info.url.as_str()), ("t1", "/s?request_id=r1"));
         assert_eq!(cm.state().by_token.get("t1").map(String::as_str), Some("r1"));
@@ -391,7 +602,7 @@ mod tests {
                 async move { seen.lock().unwrap().push(format!("{n}:{rid}")) }
             });
         }
-        cm.on_connect("r1", "t1", "/", None).await;
+        cm.on_connect("r1", "t1", "/", None, None).await;
         assert_eq!(*seen.lock().unwrap(), vec!["0:r1", "1:r1", "2:r1"]);
     }
 
@@ -409,7 +620,7 @@ mod tests {
                 r.fetch_add(1, Ordering::SeqCst);
             }
         });
-        cm.on_connect("r1", "t1", "/", None).await;
+        cm.on_connect("r1", "t1", "/", None, None).await;
         assert_eq!(ran.load(Ordering::SeqCst), 1);
         assert!(cm.has_connection("r1"));
     }
@@ -417,8 +628,8 @@ mod tests {
     #[tokio::test]
     async fn conn_manager_broadcast_posts_once_per_connection_and_returns_true() {
         let (rec, cm) = Recorder::manager();
-        cm.on_connect("r1", "t1", "/", None).await;
-        cm.on_connect("r2", "t2", "/", None).await;
+        cm.on_connect("r1", "t1", "/", None, None).await;
+        cm.on_connect("r2", "t2", "/", None, None).await;
         assert!(cm.broadcast(&ev(), None, "task").await);
         let mut tokens: Vec<String> = rec.calls().iter().map(|c| c.target().to_owned()).collect();
         tokens.sort();
@@ -435,9 +646,9 @@ mod tests {
     #[tokio::test]
     async fn conn_manager_subject_filtered_broadcast_reaches_only_that_subjects_token() {
         let (rec, cm) = Recorder::manager();
-        cm.on_connect("r1", "t1", "/", Some(&id("alice"))).await;
-        cm.on_connect("r2", "t2", "/", Some(&id("bob"))).await;
-        cm.on_connect("r3", "t3", "/", None).await;
+        cm.on_connect("r1", "t1", "/", Some(&id("alice")), None).await;
+        cm.on_connect("r2", "t2", "/", Some(&id("bob")), None).await;
+        cm.on_connect("r3", "t3", "/", None, None).await;
         assert!(cm.broadcast(&ev(), Some("alice"), "task").await);
         assert_eq!(rec.targets(), vec!["t1"]);
     }
@@ -445,8 +656,8 @@ mod tests {
     #[tokio::test]
     async fn conn_manager_local_user_connections_receive_every_subject_filtered_broadcast() {
         let (rec, cm) = Recorder::manager();
-        cm.on_connect("r1", "t1", "/", Some(&id("alice"))).await;
-        cm.on_connect("r2", "t2", "/", Some(&Identity::local_user())).await;
+        cm.on_connect("r1", "t1", "/", Some(&id("alice")), None).await;
+        cm.on_connect("r2", "t2", "/", Some(&Identity::local_user()), None).await;
         assert!(cm.broadcast(&ev(), Some("alice"), "task").await);
         let mut t = rec.targets();
         t.sort();
@@ -456,8 +667,8 @@ mod tests {
     #[tokio::test]
     async fn conn_manager_no_subject_reaches_all_connections_and_no_subject_match_is_false_without_post() {
         let (rec, cm) = Recorder::manager();
-        cm.on_connect("r1", "t1", "/", Some(&id("alice"))).await;
-        cm.on_connect("r2", "t2", "/", None).await;
+        cm.on_connect("r1", "t1", "/", Some(&id("alice")), None).await;
+        cm.on_connect("r2", "t2", "/", None, None).await;
         assert!(cm.broadcast(&ev(), None, "task").await);
         assert_eq!(rec.targets().len(), 2, "unbound connections get unfiltered broadcasts");
         rec.clear();
@@ -474,8 +685,8 @@ mod tests {
             let g = Arc::clone(&g);
             async move { g.lock().unwrap().push(rid) }
         });
-        cm.on_connect("r1", "t1", "/", Some(&id("alice"))).await;
-        cm.on_connect("r1", "t2", "/", None).await;
+        cm.on_connect("r1", "t1", "/", Some(&id("alice")), None).await;
+        cm.on_connect("r1", "t2", "/", None, None).await;
         assert_eq!(rec.calls(), vec![Call::Close("t1".into())]);
         assert_eq!(*gone.lock().unwrap(), vec!["r1"], "decision D1: replacement ends the old connection");
         assert_eq!(cm.connection_info("r1").unwrap().subject, None, "old subject does not carry over");
@@ -490,8 +701,8 @@ mod tests {
     async fn conn_manager_replacement_close_failure_is_ignored() {
         let (rec, cm) = Recorder::manager();
         rec.fail_all(true);
-        cm.on_connect("r1", "t1", "/", None).await;
-        cm.on_connect("r1", "t2", "/", None).await;
+        cm.on_connect("r1", "t1", "/", None, None).await;
+        cm.on_connect("r1", "t2", "/", None, None).await;
         assert_eq!(cm.connection_info("r1").unwrap().token, "t2");
     }
 
@@ -506,7 +717,7 @@ mod tests {
                 g.fetch_add(1, Ordering::SeqCst);
             }
         });
-        cm.on_connect("r1", "t1", "/", Some(&id("alice"))).await;
+        cm.on_connect("r1", "t1", "/", Some(&id("alice")), None).await;
         rec.not_found("t1");
         assert!(!cm.send_to("r1", &ev(), "task").await);
         assert!(!cm.has_connection("r1"));
@@ -519,7 +730,7 @@ mod tests {
     #[tokio::test]
     async fn conn_manager_non_200_and_network_errors_return_false() {
         let (rec, cm) = Recorder::manager();
-        cm.on_connect("r1", "t1", "/", None).await;
+        cm.on_connect("r1", "t1", "/", None, None).await;
         rec.fail_all(true);
         assert!(!cm.send_to("r1", &ev(), "task").await);
         assert!(!cm.broadcast(&ev(), None, "task").await);
@@ -533,7 +744,7 @@ mod tests {
         let mut joins = Vec::new();
         for n in 0..20 {
             let cm = cm.clone();
-            joins.push(tokio::spawn(async move { cm.on_connect("r1", &format!("t{n}"), "/", None).await }));
+            joins.push(tokio::spawn(async move { cm.on_connect("r1", &format!("t{n}"), "/", None, None).await }));
         }
         for j in joins {
             j.await.unwrap();
@@ -562,7 +773,7 @@ mod tests {
                 }
             });
         }
-        cm.on_connect("r1", "t1", "/", None).await;
+        cm.on_connect("r1", "t1", "/", None, None).await;
         cm.on_disconnect("unknown").await;
         assert_eq!(hits.load(Ordering::SeqCst), 0);
         cm.on_disconnect("t1").await;
@@ -580,7 +791,7 @@ mod tests {
                 c.fetch_add(1, Ordering::SeqCst);
             }
         });
-        cm.on_connect("r1", "t1", "/", Some(&id("alice"))).await;
+        cm.on_connect("r1", "t1", "/", Some(&id("alice")), None).await;
         cm.on_disconnect("t1").await;
         assert!(cm.connection_info("r1").is_none());
         assert!(cm.state().by_token.is_empty());
@@ -592,7 +803,7 @@ mod tests {
         let (_rec, cm) = Recorder::manager();
         assert!(cm.connection_info("r1").is_none(), "not connected -> none");
         assert!(!cm.bind_identity("r1", &id("alice")), "bind without connection is a no-op");
-        cm.on_connect("r1", "t1", "/", None).await;
+        cm.on_connect("r1", "t1", "/", None, None).await;
         assert_eq!(cm.connection_info("r1").unwrap().subject, None, "info without identity has no subject");
         assert!(cm.bind_identity("r1", &id("alice")));
         assert_eq!(cm.connection_info("r1").unwrap().subject.as_deref(), Some("alice"));
@@ -604,13 +815,13 @@ mod tests {
     async fn broadcast_and_subject_sends_are_one_publish_when_the_broadcaster_publishes() {
         let (rec, cm) = Recorder::manager();
         rec.set_publishes(true);
-        cm.on_connect("r1", "t1", "/", Some(&id("alice"))).await;
-        cm.on_connect("r2", "t2", "/", Some(&id("bob"))).await;
+        cm.on_connect("r1", "t1", "/", Some(&id("alice")), None).await;
+        cm.on_connect("r2", "t2", "/", Some(&id("bob")), None).await;
         assert!(cm.broadcast(&ev(), None, "task").await);
         assert!(cm.broadcast(&ev(), Some("alice"), "task").await);
         assert_eq!(rec.calls(), vec![Call::Publish("broadcast".into()), Call::Publish("subject.alice".into())]);
         rec.clear();
-        cm.on_connect("r3", "t3", "/", Some(&Identity::local_user())).await;
+        cm.on_connect("r3", "t3", "/", Some(&Identity::local_user()), None).await;
         assert!(cm.broadcast(&ev(), Some("alice"), "task").await);
         assert_eq!(
             rec.calls(),
@@ -628,11 +839,136 @@ mod tests {
         rec.set_delay(std::time::Duration::from_millis(20));
         let cm = ConnectionManager::with_fanout_limit(rec.clone(), Metrics::default(), 4);
         for n in 0..12 {
-            cm.on_connect(&format!("r{n}"), &format!("t{n}"), "/", None).await;
+            cm.on_connect(&format!("r{n}"), &format!("t{n}"), "/", None, None).await;
         }
         assert!(cm.broadcast(&ev(), None, "task").await);
         assert_eq!(rec.calls().len(), 12);
         assert_eq!(rec.max_in_flight(), 4);
+    }
+
+    fn roster(instance: &str, tokens: &[&str], interval_seconds: u64) -> Roster {
+        Roster {
+            instance: instance.to_owned(),
+            tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
+            interval: Duration::from_secs(interval_seconds),
+        }
+    }
+
+    /// Records the `request_id` of every disconnect observer call.
+    fn disconnects(cm: &ConnectionManager) -> Arc<Mutex<Vec<String>>> {
+        let gone = Arc::new(Mutex::new(Vec::new()));
+        let g = Arc::clone(&gone);
+        cm.register_on_disconnect(move |rid| {
+            let g = Arc::clone(&g);
+            async move { g.lock().unwrap().push(rid) }
+        });
+        gone
+    }
+
+    #[tokio::test]
+    async fn roster_ends_unlisted_connections_of_its_instance_only_and_never_adds() {
+        let (_rec, cm) = Recorder::manager();
+        let gone = disconnects(&cm);
+        cm.on_connect("r1", "t1", "/", None, Some("gw-1")).await;
+        cm.on_connect("r2", "t2", "/", None, Some("gw-1")).await;
+        cm.on_connect("r3", "t3", "/", None, Some("gw-2")).await;
+        cm.on_connect("r4", "t4", "/", None, None).await;
+        assert_eq!(cm.connection_info("r1").unwrap().instance.as_deref(), Some("gw-1"));
+        assert_eq!(cm.on_roster(&roster("gw-1", &["t1", "t2", "tx"], 30)).await, 0);
+        assert_eq!(cm.on_roster(&roster("gw-1", &["t1", "tx"], 30)).await, 1);
+        assert_eq!(*gone.lock().unwrap(), vec!["r2"], "observers ran for the lost connection");
+        assert!(cm.has_connection("r1") && cm.has_connection("r3") && cm.has_connection("r4"));
+        assert!(!cm.has_connection("r2"));
+        assert_eq!(cm.len(), 3, "the unknown token tx was not added");
+        let m = cm.metrics();
+        assert_eq!(m.active_connections.get(), 3, "gauge follows the table");
+        assert_eq!((m.rosters_received.get(), m.instance_lost.get()), (2, 1));
+        assert_eq!(m.connections.get_or_create(&crate::metrics::ActionLabel { action: "disconnect".into() }).get(), 1);
+        // The later disconnect callback of the lost token changes nothing.
+        cm.on_disconnect("t2").await;
+        assert_eq!(gone.lock().unwrap().len(), 1);
+        // Another instance's roster never touches gw-1's connections, nor ones without an instance.
+        cm.on_roster(&roster("gw-2", &[], 30)).await;
+        cm.on_roster(&roster("gw-2", &[], 30)).await;
+        assert!(cm.has_connection("r1") && cm.has_connection("r4") && !cm.has_connection("r3"));
+    }
+
+    #[tokio::test]
+    async fn roster_spares_connections_registered_after_the_previous_roster_of_their_instance() {
+        // A roster taken before a connect may arrive after it: it must not end that stream.
+        let (_rec, cm) = Recorder::manager();
+        cm.on_roster(&roster("gw-1", &[], 30)).await;
+        cm.on_connect("r1", "t1", "/", None, Some("gw-1")).await;
+        cm.on_roster(&roster("gw-1", &[], 30)).await;
+        assert!(cm.has_connection("r1"), "registered after the previous roster: spared once");
+        cm.on_roster(&roster("gw-1", &[], 30)).await;
+        assert!(!cm.has_connection("r1"), "left out again: ended");
+        assert_eq!(cm.metrics().instance_lost.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn roster_lost_connection_goes_with_its_replacement_state_and_a_replacement_is_not_ended() {
+        let (_rec, cm) = Recorder::manager();
+        cm.on_connect("r1", "t1", "/", None, Some("gw-1")).await;
+        cm.on_roster(&roster("gw-1", &["t1"], 30)).await;
+        // The browser reconnected through another instance: the old token is replaced.
+        cm.on_connect("r1", "t2", "/", None, Some("gw-2")).await;
+        assert_eq!(cm.on_roster(&roster("gw-1", &[], 30)).await, 0, "gw-1 holds nothing of r1 any more");
+        assert_eq!(cm.connection_info("r1").unwrap().token, "t2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_instance_loses_every_connection_after_three_intervals() {
+        let (_rec, cm) = Recorder::manager();
+        let gone = disconnects(&cm);
+        let start = tokio::time::Instant::now();
+        cm.on_connect("r1", "t1", "/", None, Some("gw-1")).await;
+        cm.on_connect("r2", "t2", "/", None, Some("gw-1")).await;
+        cm.on_connect("r3", "t3", "/", None, Some("gw-quiet")).await;
+        cm.on_roster(&roster("gw-1", &["t1", "t2"], 1)).await;
+        tokio::time::sleep_until(start + Duration::from_millis(2900)).await;
+        assert_eq!(cm.len(), 3, "2.9 s of silence is not yet 3 intervals");
+        // A roster resets the clock.
+        cm.on_roster(&roster("gw-1", &["t1", "t2"], 1)).await;
+        tokio::time::sleep_until(start + Duration::from_millis(5800)).await;
+        assert_eq!(cm.len(), 3, "2.9 s since the last roster");
+        tokio::time::sleep_until(start + Duration::from_millis(5950)).await;
+        let mut lost = gone.lock().unwrap().clone();
+        lost.sort();
+        assert_eq!(lost, vec!["r1", "r2"], "both gw-1 connections ended at 2.9 + 3 s");
+        assert!(cm.has_connection("r3"), "an instance that never sent a roster is never presumed dead");
+        assert_eq!(cm.metrics().instance_lost.get(), 2);
+        assert_eq!(cm.metrics().active_connections.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_watch_follows_a_new_instance_with_a_shorter_interval() {
+        let (_rec, cm) = Recorder::manager();
+        let start = tokio::time::Instant::now();
+        cm.on_connect("r1", "t1", "/", None, Some("gw-slow")).await;
+        cm.on_connect("r2", "t2", "/", None, Some("gw-fast")).await;
+        cm.on_roster(&roster("gw-slow", &["t1"], 60)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cm.on_roster(&roster("gw-fast", &["t2"], 1)).await;
+        tokio::time::sleep_until(start + Duration::from_millis(3100)).await;
+        assert!(!cm.has_connection("r2"), "gw-fast's deadline woke the watch");
+        assert!(cm.has_connection("r1"));
+        tokio::time::sleep_until(start + Duration::from_secs(181)).await;
+        assert!(!cm.has_connection("r1"), "gw-slow ends after 3 x 60 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_presumed_dead_instance_that_comes_back_is_tracked_afresh() {
+        let (_rec, cm) = Recorder::manager();
+        cm.on_connect("r1", "t1", "/", None, Some("gw-1")).await;
+        cm.on_roster(&roster("gw-1", &["t1"], 1)).await;
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert!(cm.is_empty());
+        cm.on_connect("r2", "t2", "/", None, Some("gw-1")).await;
+        cm.on_roster(&roster("gw-1", &["t2"], 1)).await;
+        assert!(cm.has_connection("r2"), "the new roster keeps what it lists");
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert!(!cm.has_connection("r2"), "and silence ends it again");
     }
 
     #[test]
@@ -643,6 +979,7 @@ mod tests {
             url: "/".into(),
             subject: Some("alice".into()),
             role: Some("admin".into()),
+            instance: None,
         };
         assert_eq!(
             ConnectionManager::bindings(&info),

@@ -26,12 +26,20 @@ pub struct Identity {
     pub subject: String,
     /// The configured role claim, when present and a string.
     pub role: Option<String>,
+    /// When the credential behind it expires (the JWT `exp`, Unix seconds);
+    /// `None` when the identity did not come from a token.
+    pub expires_at: Option<u64>,
 }
 
 impl Identity {
     /// The sentinel identity of a backend without OIDC.
     pub fn local_user() -> Self {
-        Self { subject: LOCAL_USER.to_owned(), role: None }
+        Self { subject: LOCAL_USER.to_owned(), role: None, expires_at: None }
+    }
+
+    /// An identity not backed by an expiring credential.
+    pub fn new(subject: impl Into<String>, role: Option<String>) -> Self {
+        Self { subject: subject.into(), role, expires_at: None }
     }
 }
 
@@ -168,7 +176,10 @@ impl IdentityResolver {
             .ok_or_else(|| IdentityError::InvalidToken("`sub` is not a non-empty string".into()))?
             .to_owned();
         let role = oidc.role_claim.as_deref().and_then(|c| data.claims[c].as_str()).map(str::to_owned);
-        Ok(Identity { subject, role })
+        // Validation required a numeric `exp`; a fractional one is rounded down.
+        let exp = &data.claims["exp"];
+        let expires_at = exp.as_u64().or_else(|| exp.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64));
+        Ok(Identity { subject, role, expires_at })
     }
 
     async fn key_for(&self, oidc: &OidcConfig, kid: Option<&str>) -> Result<DecodingKey, IdentityError> {
@@ -231,30 +242,10 @@ fn find_key(set: &JwkSet, kid: Option<&str>) -> Option<Result<DecodingKey, Ident
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{claims, oidc_resolver as resolver, sign};
 
     fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-    }
-
-    const KEY: &[u8] = include_bytes!("../tests/fixtures/jwt-test-key.pem");
-
-    fn sign(claims: serde_json::Value, kid: &str) -> String {
-        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
-        header.kid = Some(kid.to_owned());
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(KEY).unwrap();
-        jsonwebtoken::encode(&header, &claims, &key).unwrap()
-    }
-
-    fn resolver() -> IdentityResolver {
-        let mut cfg = OidcConfig::new("https://issuer.test/realms/x", "my-app");
-        cfg.jwks = JwksSource::File(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks.json").into());
-        cfg.role_claim = Some("role".into());
-        IdentityResolver::new(Some(cfg))
-    }
-
-    fn claims(sub: &str, exp_offset: i64) -> serde_json::Value {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        serde_json::json!({"sub": sub, "iss": "https://issuer.test/realms/x", "aud": "my-app", "exp": now + exp_offset, "role": "admin"})
     }
 
     #[test]
@@ -271,14 +262,17 @@ mod tests {
     async fn identity_oidc_off_binds_local_user() {
         let id = IdentityResolver::disabled().resolve(&[]).await.unwrap();
         assert_eq!(id, Identity::local_user());
+        assert_eq!(id.expires_at, None, "no credential, no expiry");
     }
 
     #[tokio::test]
     async fn identity_valid_jwt_binds_sub_and_role() {
-        let token = sign(claims("alice", 300), "test-key-1");
+        let c = claims("alice", 300);
+        let token = sign(c.clone(), "test-key-1");
         let id = resolver().resolve(&h(&[("cookie", &format!("access_token={token}"))])).await.unwrap();
         assert_eq!(id.subject, "alice");
         assert_eq!(id.role.as_deref(), Some("admin"));
+        assert_eq!(id.expires_at, c["exp"].as_u64(), "the credential's exp");
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::FutureExt;
 use sse_gateway::{Accepted, ClientRequest, ConnectHook, DisconnectReason, HookFuture, Refusal};
@@ -43,13 +44,15 @@ impl ConnectHook for InProcessHook {
     fn connect<'a>(&'a self, token: Uuid, request: &'a ClientRequest) -> HookFuture<'a, Result<Accepted, Refusal>> {
         Box::pin(async move {
             let token = token.to_string();
-            let run = AssertUnwindSafe(self.handler.connect(&token, &request.url, &request.headers)).catch_unwind();
+            // No instance: an in-process gateway shares the backend's fate, so
+            // its streams never need roster management.
+            let run =
+                AssertUnwindSafe(self.handler.connect(&token, &request.url, &request.headers, None)).catch_unwind();
             match run.await {
-                // TODO(roster helper): map the identity's expiry into `expires_at`.
                 Ok(Ok(answer)) => Ok(Accepted {
                     request_id: Some(answer.info.request_id),
                     bindings: answer.bindings,
-                    expires_at: None,
+                    expires_at: answer.expires_at.and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s))),
                 }),
                 Ok(Err(e)) => Err(refusal(&e)),
                 Err(p) => {
@@ -224,6 +227,22 @@ mod tests {
         );
         hook.disconnect(token, DisconnectReason::ClientClosed, &req).await.unwrap();
         assert!(!cm.has_connection("r1"));
+    }
+
+    #[tokio::test]
+    async fn in_process_hook_maps_the_token_exp_to_accepted_expires_at() {
+        use crate::testing::{claims, oidc_resolver, sign};
+        let (_rec, cm) = Recorder::manager();
+        let cfg = CallbackConfig { secret: None, answer: AnswerMode::Empty };
+        let hook = InProcessHook::new(Arc::new(CallbackHandler::new(cfg, cm, Arc::new(oidc_resolver()))));
+        let c = claims("alice", 300);
+        let exp = c["exp"].as_u64().unwrap();
+        let headers = vec![("authorization".to_owned(), format!("Bearer {}", sign(c, "test-key-1")))];
+        let req = ClientRequest { url: "/s?request_id=r1".into(), headers };
+        let accepted = hook.connect(Uuid::new_v4(), &req).await.unwrap();
+        assert_eq!(accepted.expires_at, Some(UNIX_EPOCH + Duration::from_secs(exp)));
+        let anonymous = ClientRequest { url: "/s?request_id=r2".into(), headers: vec![] };
+        assert_eq!(hook.connect(Uuid::new_v4(), &anonymous).await.unwrap().expires_at, None);
     }
 
     #[derive(Default)]

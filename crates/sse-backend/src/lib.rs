@@ -4,11 +4,11 @@
 //! contract (`docs/PROTOCOL.md`); its behaviour and decisions are
 //! `docs/BACKEND.md`:
 //!
-//! * [`callback`]: the `POST /api/sse/callback` handler (connect/disconnect),
-//!   shared by the HTTP route and the in-process [`in_process::InProcessHook`].
+//! * [`callback`]: the `POST /api/sse/callback` handler (connect/disconnect/
+//!   roster), shared by the HTTP route and the in-process [`in_process::InProcessHook`].
 //! * [`connections`]: the [`ConnectionManager`], `request_id` <-> token, one
 //!   live stream per `request_id`, observers, targeted / broadcast /
-//!   per-subject sends.
+//!   per-subject sends, and the gateway instances' rosters (`instance_lost`).
 //! * [`identity`]: who is on a stream (bearer header, then cookie; JWT against
 //!   a JWKS; `local-user` when OIDC is off).
 //! * [`broadcaster`]: how events reach the gateway ([`broadcaster::HttpBroadcaster`]

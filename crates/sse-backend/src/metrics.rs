@@ -67,6 +67,11 @@ pub struct Metrics {
     pub shutting_down: Gauge,
     /// `graceful_shutdown_duration_seconds`.
     pub graceful_shutdown_duration: Histogram,
+    /// `sse_backend_rosters_received_total`: roster callbacks accepted.
+    pub rosters_received: Counter,
+    /// `sse_backend_instance_lost_total`: connections ended as `instance_lost`
+    /// (left out of a roster, or their instance fell silent).
+    pub instance_lost: Counter,
 }
 
 impl Default for Metrics {
@@ -80,6 +85,8 @@ impl Default for Metrics {
             active_tasks_at_shutdown: Gauge::default(),
             shutting_down: Gauge::default(),
             graceful_shutdown_duration: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
+            rosters_received: Counter::default(),
+            instance_lost: Counter::default(),
         }
     }
 }
@@ -107,6 +114,16 @@ impl Metrics {
             "graceful_shutdown_duration_seconds",
             "Time spent in shutdown waiters",
             m.graceful_shutdown_duration.clone(),
+        );
+        registry.register(
+            "sse_backend_rosters_received",
+            "Roster callbacks received from gateway instances",
+            m.rosters_received.clone(),
+        );
+        registry.register(
+            "sse_backend_instance_lost",
+            "Connections ended because their gateway instance no longer held them (instance_lost)",
+            m.instance_lost.clone(),
         );
         m
     }
@@ -148,6 +165,8 @@ mod tests {
         m.count_sent("task", true, 0.01);
         m.count_identity(false);
         m.shutting_down.set(1);
+        m.rosters_received.inc();
+        m.instance_lost.inc_by(2);
         let text = encode(&reg);
         for needle in [
             "sse_gateway_connections_total{action=\"connect\"} 1",
@@ -158,6 +177,8 @@ mod tests {
             "active_tasks_at_shutdown 0",
             "application_shutting_down 1",
             "graceful_shutdown_duration_seconds_count 0",
+            "sse_backend_rosters_received_total 1",
+            "sse_backend_instance_lost_total 2",
             "# EOF",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");

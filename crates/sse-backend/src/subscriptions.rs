@@ -189,9 +189,9 @@ mod tests {
     async fn setup() -> (Arc<Recorder>, ConnectionManager, Subscriptions) {
         let (rec, cm) = Recorder::manager();
         let subs = Subscriptions::new(cm.clone());
-        cm.on_connect("r1", "t1", "/", Some(&Identity { subject: "alice".into(), role: None })).await;
-        cm.on_connect("r2", "t2", "/", Some(&Identity { subject: "bob".into(), role: None })).await;
-        cm.on_connect("r3", "t3", "/", None).await;
+        cm.on_connect("r1", "t1", "/", Some(&Identity::new("alice", None)), None).await;
+        cm.on_connect("r2", "t2", "/", Some(&Identity::new("bob", None)), None).await;
+        cm.on_connect("r3", "t3", "/", None, None).await;
         (rec, cm, subs)
     }
 
@@ -251,7 +251,7 @@ mod tests {
         assert_eq!(s.subscriptions(None), vec![("dev.a".into(), vec!["r2".into()])]);
         s.drop_request("unknown");
         // decision D1: a replacement clears them too
-        cm.on_connect("r2", "t2b", "/", Some(&Identity { subject: "bob".into(), role: None })).await;
+        cm.on_connect("r2", "t2b", "/", Some(&Identity::new("bob", None)), None).await;
         assert_eq!(s.count(), 0);
     }
 

@@ -565,7 +565,7 @@ mod tests {
 
     async fn setup(config: TaskConfig) -> (Arc<Recorder>, TaskService) {
         let (rec, cm) = Recorder::manager();
-        cm.on_connect("r1", "t1", "/", None).await;
+        cm.on_connect("r1", "t1", "/", None, None).await;
         (rec, TaskService::new(config, cm))
     }
 
@@ -745,8 +745,8 @@ mod tests {
     #[tokio::test]
     async fn task_service_every_event_carries_target_subject_caller_or_broadcast() {
         let (rec, cm) = Recorder::manager();
-        cm.on_connect("ra", "ta", "/", Some(&Identity { subject: "alice".into(), role: None })).await;
-        cm.on_connect("rb", "tb", "/", Some(&Identity { subject: "bob".into(), role: None })).await;
+        cm.on_connect("ra", "ta", "/", Some(&Identity::new("alice", None)), None).await;
+        cm.on_connect("rb", "tb", "/", Some(&Identity::new("bob", None)), None).await;
         let svc = TaskService::new(TaskConfig::default(), cm);
         svc.start_task(demo(1), Some("alice".into())).unwrap();
         let ev = rec.wait_for("end", ended(1)).await;

@@ -1,5 +1,6 @@
 //! Test support for unit tests: a [`Broadcaster`] that records calls and
-//! answers as the test says.
+//! answers as the test says; JWTs signed with the fixture key and a resolver
+//! that trusts it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -9,7 +10,36 @@ use std::time::Duration;
 use crate::BoxFuture;
 use crate::broadcaster::{BroadcastError, Broadcaster, Event, PublishOutcome, SendStatus};
 use crate::connections::ConnectionManager;
+use crate::identity::{IdentityResolver, JwksSource, OidcConfig};
 use crate::metrics::Metrics;
+
+/// Issuer and audience [`oidc_resolver`] expects.
+pub const ISSUER: &str = "https://issuer.test/realms/x";
+pub const AUDIENCE: &str = "my-app";
+
+/// A JWT with `claims`, signed RS256 by the fixture key under `kid`
+/// (`test-key-1` is the fixture JWKS's key).
+pub fn sign(claims: serde_json::Value, kid: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../tests/fixtures/jwt-test-key.pem")).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// Valid claims for [`oidc_resolver`]: `sub`, `exp` = now + `exp_offset`
+/// seconds, and `role` = `admin`.
+pub fn claims(sub: &str, exp_offset: i64) -> serde_json::Value {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    serde_json::json!({"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "exp": now + exp_offset, "role": "admin"})
+}
+
+/// A resolver validating against the fixture JWKS, role claim `role`.
+pub fn oidc_resolver() -> IdentityResolver {
+    let mut cfg = OidcConfig::new(ISSUER, AUDIENCE);
+    cfg.jwks = JwksSource::File(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks.json").into());
+    cfg.role_claim = Some("role".into());
+    IdentityResolver::new(Some(cfg))
+}
 
 /// One recorded gateway call.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -184,7 +184,7 @@ mod tests {
     async fn version_pending_version_is_sent_on_connect_else_unknown_with_error() {
         let (rec, cm) = Recorder::manager();
         let svc = VersionService::new(VersionConfig::default(), cm.clone());
-        cm.on_connect("r1", "t1", "/", None).await;
+        cm.on_connect("r1", "t1", "/", None, None).await;
         let ev = rec.events();
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].0, "t1");
@@ -196,7 +196,7 @@ mod tests {
         assert!(svc.push("r2", "abc123", Some("fixes")).await);
         assert_eq!(rec.targets(), vec!["t1"], "a push broadcasts to every stream");
         rec.clear();
-        cm.on_connect("r2", "t2", "/", None).await;
+        cm.on_connect("r2", "t2", "/", None, None).await;
         assert_eq!(rec.events()[0].1.data, r#"{"changelog":"fixes","version":"abc123"}"#);
     }
 
