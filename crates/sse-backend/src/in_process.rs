@@ -45,7 +45,12 @@ impl ConnectHook for InProcessHook {
             let token = token.to_string();
             let run = AssertUnwindSafe(self.handler.connect(&token, &request.url, &request.headers)).catch_unwind();
             match run.await {
-                Ok(Ok(answer)) => Ok(Accepted { request_id: Some(answer.info.request_id), bindings: answer.bindings }),
+                // TODO(roster helper): map the identity's expiry into `expires_at`.
+                Ok(Ok(answer)) => Ok(Accepted {
+                    request_id: Some(answer.info.request_id),
+                    bindings: answer.bindings,
+                    expires_at: None,
+                }),
                 Ok(Err(e)) => Err(refusal(&e)),
                 Err(p) => {
                     tracing::error!(panic = %crate::observer::panic_message(p.as_ref()), "connect hook panicked");

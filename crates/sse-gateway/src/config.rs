@@ -65,8 +65,11 @@ pub mod settings {
         RABBITMQ_QUEUE_TTL_MS = "RABBITMQ_QUEUE_TTL_MS", "rabbitmq-queue-ttl-ms", Some("300000"), "With RabbitMQ: how long events for a request_id whose client left unexpectedly are held, ms";
         RABBITMQ_ENV_PREFIX = "RABBITMQ_ENV_PREFIX", "rabbitmq-env-prefix", None, "Exchange name prefix: <prefix>.sse.events (unset: sse.events)";
         RABBITMQ_ENV_AUTO_DELETE = "RABBITMQ_ENV_AUTO_DELETE", "rabbitmq-env-auto-delete", Some("false"), "true: the exchange is auto-delete and non-durable (tests)";
-        RABBITMQ_INSTANCE_ID = "RABBITMQ_INSTANCE_ID", "rabbitmq-instance-id", None, "Name of this instance in its queue name <exchange>.gw.<id> (unset: $HOSTNAME-<random>)";
+        RABBITMQ_INSTANCE_ID = "RABBITMQ_INSTANCE_ID", "rabbitmq-instance-id", None, "Older name of INSTANCE_ID (INSTANCE_ID wins)";
         RESUME_TTL_MS = "RESUME_TTL_MS", "resume-ttl-ms", None, "Hold events for connection.<request_id> this long after an unexpected disconnect, ms; 0 = off (unset: 0, or RABBITMQ_QUEUE_TTL_MS with RabbitMQ)";
+        INSTANCE_ID = "INSTANCE_ID", "instance-id", None, "Name of this gateway instance in rosters, admin answers and its RabbitMQ queue (unset: RABBITMQ_INSTANCE_ID, else $HOSTNAME-<random>)";
+        ROSTER_INTERVAL_SECONDS = "ROSTER_INTERVAL_SECONDS", "roster-interval-seconds", Some("0"), "Every this many seconds, POST the list of this instance's tokens to CALLBACK_URL (action roster); connect callbacks then carry the instance id; 0 = off";
+        DISCONNECT_RETRY_SECONDS = "DISCONNECT_RETRY_SECONDS", "disconnect-retry-seconds", Some("60"), "Retry a failed disconnect callback (refused, timeout, 5xx) with backoff for up to this many seconds; 0 = no retry";
     }
 }
 
@@ -108,6 +111,13 @@ pub struct Config {
     pub resume_ttl: Duration,
     /// AMQP ingress (scale-out); `None`: HTTP mode.
     pub amqp: Option<AmqpConfig>,
+    /// This instance's name (rosters, admin answers, the AMQP queue name).
+    pub instance_id: String,
+    /// Period of the roster callback; zero: no rosters, and connect
+    /// callbacks carry no instance id (the Node contract's bodies).
+    pub roster_interval: Duration,
+    /// How long a failed disconnect callback is retried; zero: not retried.
+    pub disconnect_retry: Duration,
 }
 
 /// The AMQP ingress settings (SSEGateway names).
@@ -123,6 +133,8 @@ pub struct AmqpConfig {
     pub auto_delete: bool,
     /// This instance's queue name (one queue per gateway instance).
     pub queue: String,
+    /// The instance id in the queue name.
+    pub instance_id: String,
 }
 
 /// A setting that cannot be used; the gateway refuses to start.
@@ -262,7 +274,8 @@ impl Config {
             Some(addr) => Some(addr),
             None => r.port(s::INTERNAL_PORT)?.map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
         };
-        let amqp = AmqpConfig::from_lookup(&r.lookup)?;
+        let instance_id = instance_id(&r.lookup);
+        let amqp = AmqpConfig::with_instance(&r.lookup, &instance_id)?;
         let resume_ttl = match r.text(s::RESUME_TTL_MS) {
             Some(v) => Duration::from_millis(v.parse().map_err(|_| ConfigError::Number {
                 name: s::RESUME_TTL_MS.env,
@@ -286,15 +299,40 @@ impl Config {
             max_header_bytes: usize_of(r.number(s::MAX_HEADER_BYTES, 1024, "an integer >= 1024")?.unwrap_or(16_384)),
             resume_ttl,
             amqp,
+            instance_id,
+            roster_interval: Duration::from_secs(
+                r.number(s::ROSTER_INTERVAL_SECONDS, 0, "an integer number of seconds (0: off)")?.unwrap_or(0),
+            ),
+            disconnect_retry: Duration::from_secs(
+                r.number(s::DISCONNECT_RETRY_SECONDS, 0, "an integer number of seconds (0: no retry)")?.unwrap_or(60),
+            ),
         };
         Ok((config, warnings))
     }
 }
 
+/// `INSTANCE_ID`, else `RABBITMQ_INSTANCE_ID`, else `$HOSTNAME-<8 random hex>`.
+fn instance_id(lookup: &impl Fn(&str) -> Option<String>) -> String {
+    let r = Reader { lookup };
+    r.text(s::INSTANCE_ID).or_else(|| r.text(s::RABBITMQ_INSTANCE_ID)).unwrap_or_else(|| {
+        let host = (r.lookup)("HOSTNAME").filter(|h| !h.trim().is_empty()).unwrap_or_else(|| "gateway".into());
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        format!("{}-{}", host.trim(), &suffix[..8])
+    })
+}
+
 impl AmqpConfig {
-    /// The RabbitMQ settings (`RABBITMQ_*`, and `HOSTNAME` for the default
-    /// instance id) through a lookup; `None` when `RABBITMQ_URL` is unset.
+    /// The RabbitMQ settings (`RABBITMQ_*`, and the instance id as
+    /// [`Config::from_lookup`] reads it) through a lookup; `None` when
+    /// `RABBITMQ_URL` is unset.
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<AmqpConfig>, ConfigError> {
+        Self::with_instance(lookup, &instance_id(lookup))
+    }
+
+    fn with_instance(
+        lookup: &impl Fn(&str) -> Option<String>,
+        instance: &str,
+    ) -> Result<Option<AmqpConfig>, ConfigError> {
         let r = Reader { lookup };
         let Some(url) = r.text(s::RABBITMQ_URL) else { return Ok(None) };
         if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
@@ -303,17 +341,13 @@ impl AmqpConfig {
         let ttl_ms = r.number(s::RABBITMQ_QUEUE_TTL_MS, 1, "a positive integer")?.unwrap_or(300_000);
         let prefix = r.text(s::RABBITMQ_ENV_PREFIX).unwrap_or_default();
         let exchange = if prefix.is_empty() { "sse.events".to_owned() } else { format!("{prefix}.sse.events") };
-        let instance = r.text(s::RABBITMQ_INSTANCE_ID).unwrap_or_else(|| {
-            let host = (r.lookup)("HOSTNAME").filter(|h| !h.trim().is_empty()).unwrap_or_else(|| "gateway".into());
-            let suffix = uuid::Uuid::new_v4().simple().to_string();
-            format!("{}-{}", host.trim(), &suffix[..8])
-        });
         Ok(Some(AmqpConfig {
             url,
             queue_ttl: Duration::from_millis(ttl_ms),
             queue: format!("{exchange}.gw.{instance}"),
             exchange,
             auto_delete: r.bool(s::RABBITMQ_ENV_AUTO_DELETE),
+            instance_id: instance.to_owned(),
         }))
     }
 }
@@ -328,10 +362,15 @@ mod tests {
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
+    /// The default instance id has a random part: compare without it.
+    fn same(a: &Config, b: &Config) -> bool {
+        Config { instance_id: String::new(), ..a.clone() } == Config { instance_id: String::new(), ..b.clone() }
+    }
+
     #[test]
     fn defaults_match_sseg_gateway() {
         let (cfg, warnings) = load(&[]).unwrap();
-        assert_eq!(cfg, Config::default());
+        assert!(same(&cfg, &Config::default()));
         assert_eq!(cfg.listen.port(), 3000);
         assert_eq!(cfg.callback_timeout, Duration::from_secs(5));
         assert_eq!(cfg.heartbeat_interval, Duration::from_secs(15));
@@ -340,6 +379,7 @@ mod tests {
         assert_eq!(cfg.max_connections, 50_000);
         assert_eq!(cfg.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(cfg.resume_ttl, Duration::ZERO);
+        assert_eq!((cfg.roster_interval, cfg.disconnect_retry), (Duration::ZERO, Duration::from_secs(60)));
         assert!(cfg.callback_url.is_none() && cfg.amqp.is_none() && cfg.internal_listen.is_none());
         assert!(warnings.is_empty());
     }
@@ -349,7 +389,7 @@ mod tests {
         // A setting's documented default, given explicitly, changes nothing.
         for setting in SETTINGS.iter().filter(|s| s.default.is_some()) {
             let (cfg, _) = load(&[(setting.env, setting.default.unwrap())]).unwrap();
-            assert_eq!(cfg, Config::default(), "{}", setting.env);
+            assert!(same(&cfg, &Config::default()), "{}", setting.env);
         }
     }
 
@@ -381,7 +421,7 @@ mod tests {
     #[test]
     fn blank_values_are_unset() {
         let (cfg, _) = load(&[("PORT", " "), ("CALLBACK_URL", "")]).unwrap();
-        assert_eq!(cfg, Config::default());
+        assert!(same(&cfg, &Config::default()));
     }
 
     #[test]
@@ -432,6 +472,10 @@ mod tests {
         let amqp = cfg.amqp.unwrap();
         assert_eq!(amqp.exchange, "sse.events");
         assert!(amqp.queue.starts_with("sse.events.gw.node7-"), "{}", amqp.queue);
+        assert_eq!(amqp.queue, format!("sse.events.gw.{}", cfg.instance_id));
+        let (cfg, _) =
+            load(&[("RABBITMQ_URL", "amqp://x"), ("RABBITMQ_INSTANCE_ID", "old"), ("INSTANCE_ID", "new")]).unwrap();
+        assert_eq!((cfg.instance_id.as_str(), cfg.amqp.unwrap().queue.as_str()), ("new", "sse.events.gw.new"));
         assert_eq!(load(&[("RABBITMQ_URL", "http://x")]).unwrap_err(), ConfigError::AmqpUrl);
         let (cfg, _) = load(&[("RABBITMQ_URL", "amqp://x"), ("RESUME_TTL_MS", "0")]).unwrap();
         assert_eq!(cfg.resume_ttl, Duration::ZERO);

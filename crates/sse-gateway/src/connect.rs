@@ -7,6 +7,7 @@
 //! reports `client_closed`, because the backend must hear the end of what it
 //! accepted.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,6 +39,7 @@ pub(crate) enum Decision {
 pub(crate) fn start(
     shared: &Arc<Shared>,
     request: ClientRequest,
+    peer: Option<SocketAddr>,
     abort: Option<CancellationToken>,
 ) -> Result<oneshot::Receiver<Decision>, Decision> {
     let Some(hook) = shared.hook.clone() else {
@@ -69,10 +71,10 @@ pub(crate) fn start(
                 if tx.is_closed() {
                     task_shared.router.remove(token);
                     task_shared.metrics.emit(Event::ClientLeftDuringConnect { token });
-                    spawn_disconnect(&task_shared, hook, token, DisconnectReason::ClientClosed, request);
+                    crate::disconnect::spawn(&task_shared, hook, token, DisconnectReason::ClientClosed, request);
                     return;
                 }
-                open(&task_shared, hook, token, request, accepted, abort).await
+                open(&task_shared, hook, token, request, accepted, peer, abort).await
             }
             Err(refusal) => {
                 task_shared.router.remove(token);
@@ -92,6 +94,7 @@ async fn open(
     token: Uuid,
     request: Arc<ClientRequest>,
     accepted: Accepted,
+    peer: Option<SocketAddr>,
     abort: Option<CancellationToken>,
 ) -> Decision {
     let keys = crate::keys::bindings(&shared.config.default_bindings, &accepted, &request.url);
@@ -108,7 +111,7 @@ async fn open(
     let acquired = ready.is_some() && shared.amqp.is_some();
     let queue = StreamQueue::new(token, request, shared.config.stream_queue_bytes, abort);
     let (opened, taken_hold) =
-        shared.router.open(&queue, keys.clone(), request_id.as_deref(), ready, || RetryHint::Draining.frame());
+        shared.router.open(&queue, keys.clone(), request_id.as_deref(), peer, ready, || RetryHint::Draining.frame());
     let mut release: Vec<Box<str>> = taken_hold.into_iter().collect();
     if opened != Opened::Live && acquired {
         // The stream was never indexed, so its end will not give these back.
@@ -116,10 +119,15 @@ async fn open(
     }
     release_keys(shared, release);
     if opened == Opened::Gone {
-        spawn_disconnect(shared, hook, token, DisconnectReason::ServerClosed, Arc::clone(queue.request()));
+        crate::disconnect::spawn(shared, hook, token, DisconnectReason::ServerClosed, Arc::clone(queue.request()));
         return Decision::Error(ApiError::new(ErrorCode::ShuttingDown, "The stream was closed"));
     }
     shared.metrics.emit(Event::StreamOpened { token, request_id: accepted.request_id.as_deref() });
+    if let Some(at) = accepted.expires_at
+        && opened == Opened::Live
+    {
+        shared.expiries.schedule(token, at);
+    }
     Decision::Stream(StreamHandle::new(queue, end_hook(shared, hook)))
 }
 
@@ -141,7 +149,7 @@ fn end_hook(shared: &Arc<Shared>, hook: Arc<dyn ConnectHook>) -> EndHook {
         let released = shared.router.end_stream(queue, reason);
         release_keys(&shared, released);
         shared.metrics.emit(Event::StreamEnded { token: queue.token(), reason });
-        spawn_disconnect(&shared, hook, queue.token(), reason, Arc::clone(queue.request()));
+        crate::disconnect::spawn(&shared, hook, queue.token(), reason, Arc::clone(queue.request()));
     })
 }
 
@@ -153,26 +161,4 @@ pub(crate) fn release_keys(shared: &Arc<Shared>, keys: Vec<Box<str>>) {
     }
     let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
     shared.tracker.spawn_on(async move { amqp.release(keys).await }, &rt);
-}
-
-fn spawn_disconnect(
-    shared: &Arc<Shared>,
-    hook: Arc<dyn ConnectHook>,
-    token: Uuid,
-    reason: DisconnectReason,
-    request: Arc<ClientRequest>,
-) {
-    // Handles can be dropped while the runtime itself shuts down; then there
-    // is nobody left to send the callback.
-    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-    let task_shared = Arc::clone(shared);
-    shared.tracker.spawn_on(
-        async move {
-            let started = Instant::now();
-            let result = hook.disconnect(token, reason, &request).await;
-            let elapsed = started.elapsed();
-            task_shared.metrics.emit(Event::DisconnectAnswered { token, result: result.as_ref().copied(), elapsed });
-        },
-        &rt,
-    );
 }

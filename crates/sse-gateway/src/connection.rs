@@ -51,14 +51,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketA
     if listener == Listener::Public && first.is_raw_stream(&shared) {
         drop(buf);
         let request = first.request;
-        Box::pin(raw(shared, tcp, request)).await;
+        Box::pin(raw(shared, tcp, peer, request)).await;
     } else {
         Box::pin(crate::hyper_path::serve(shared, tcp, peer, Bytes::from(buf), listener)).await;
     }
 }
 
-async fn raw(shared: Arc<Shared>, mut tcp: TcpStream, request: ClientRequest) {
-    let decision = match connect::start(&shared, request, None) {
+async fn raw(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, request: ClientRequest) {
+    let decision = match connect::start(&shared, request, Some(peer), None) {
         Err(decision) => decision,
         Ok(rx) => {
             tokio::select! {
@@ -179,7 +179,7 @@ mod tests {
             listener.accept().await.unwrap()
         };
         let request = ClientRequest { url: "/".into(), headers: vec![] };
-        let stream_phase = raw(std::sync::Arc::clone(gw.shared()), server, request);
+        let stream_phase = raw(std::sync::Arc::clone(gw.shared()), server, peer, request);
         let size = std::mem::size_of_val(&stream_phase);
         assert!(size <= 1024, "stream future is {size} bytes");
         drop((stream_phase, client));

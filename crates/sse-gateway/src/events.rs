@@ -66,6 +66,24 @@ impl Endpoint {
     }
 }
 
+/// Why a disconnect callback was given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GiveUp {
+    /// `DISCONNECT_RETRY_SECONDS` passed.
+    Window,
+    /// Too many retries were already waiting.
+    TooMany,
+}
+
+impl GiveUp {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Window => "window",
+            Self::TooMany => "too_many",
+        }
+    }
+}
+
 /// The `outcome` label of a connect callback.
 pub(crate) fn connect_outcome(result: Result<(), &Refusal>) -> &'static str {
     match result {
@@ -107,10 +125,32 @@ pub(crate) enum Event<'a> {
         token: Uuid,
         error: &'a dyn std::error::Error,
     },
+    /// A disconnect callback attempt (1 = the first) finished.
     DisconnectAnswered {
         token: Uuid,
         result: Result<(), &'a Refusal>,
         elapsed: Duration,
+        attempt: u32,
+    },
+    /// A disconnect callback failed for good: the backend never heard it.
+    DisconnectGivenUp {
+        token: Uuid,
+        why: GiveUp,
+        attempts: u32,
+    },
+    /// A roster went to the backend (or failed).
+    RosterPosted {
+        result: Result<(), &'a Refusal>,
+        tokens: usize,
+        first_refusal: bool,
+    },
+    /// Streams closed through `/internal/close` on this instance.
+    AdminClosed {
+        matched: usize,
+    },
+    /// A stream ended because its credentials expired.
+    CredentialsExpired {
+        token: Uuid,
     },
     /// An event was accepted through `ingress` and queued on `streams` streams.
     Published {
@@ -191,13 +231,58 @@ impl Metrics {
                 self.error_answers(ErrorCode::RoutingSetupFailed);
                 warn!(%token, error = %error, "routing setup failed; closing the stream");
             }
-            Event::DisconnectAnswered { token, result, elapsed } => match result {
-                Ok(()) => self.callback("disconnect", "ok", elapsed),
+            Event::DisconnectAnswered { token, result, elapsed, attempt } => match result {
+                Ok(()) => {
+                    self.callback("disconnect", "ok", elapsed);
+                    if attempt > 1 {
+                        self.disconnect_retries.get_or_create(&[("outcome", "delivered")]).inc();
+                        info!(%token, attempt, "disconnect callback delivered after retrying");
+                    }
+                }
                 Err(e) => {
                     self.callback("disconnect", "failed", elapsed);
-                    warn!(%token, error = %e, "disconnect callback failed");
+                    if attempt == 1 {
+                        warn!(%token, error = %e, "disconnect callback failed");
+                    } else {
+                        debug!(%token, attempt, error = %e, "disconnect callback retry failed");
+                    }
+                    if e.is_transient() {
+                        self.disconnect_retries.get_or_create(&[("outcome", "retry")]).inc();
+                    }
                 }
             },
+            Event::DisconnectGivenUp { token, why, attempts } => {
+                self.disconnect_retries.get_or_create(&[("outcome", why.as_str())]).inc();
+                warn!(%token, attempts, why = why.as_str(), "gave up a disconnect callback; the backend never heard it");
+            }
+            Event::RosterPosted { result, tokens, first_refusal } => {
+                let outcome = match result {
+                    Ok(()) => "ok",
+                    Err(Refusal::Status(s)) if (400..500).contains(s) => "unsupported",
+                    Err(_) => "failed",
+                };
+                self.rosters.get_or_create(&[("outcome", outcome)]).inc();
+                match result {
+                    Ok(()) => debug!(tokens, "roster sent"),
+                    Err(Refusal::Status(s)) if (400..500).contains(s) => {
+                        if first_refusal {
+                            warn!(
+                                status = s,
+                                "the backend refused a roster: it does not support rosters (logged once)"
+                            );
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "roster callback failed"),
+                }
+            }
+            Event::AdminClosed { matched } => {
+                self.admin_closed.inc_by(matched as u64);
+                info!(matched, "streams closed by /internal/close");
+            }
+            Event::CredentialsExpired { token } => {
+                self.expired.inc();
+                debug!(%token, "credentials expired; stream ended");
+            }
             Event::Published { ingress, streams } => {
                 self.published.get_or_create(&[("ingress", ingress.as_str())]).inc();
                 self.delivered.inc_by(streams as u64);

@@ -98,6 +98,9 @@ pub struct Accepted {
     pub request_id: Option<String>,
     /// Routing keys the stream should be reachable by.
     pub bindings: Vec<String>,
+    /// When the client's credentials expire (extension): the stream then gets
+    /// `auth_expired`, a `retry:` hint, and ends.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 /// The hook did not accept the stream; each variant maps to one client answer.
@@ -149,13 +152,37 @@ pub trait ConnectHook: Send + Sync + 'static {
     /// Called once per SSE request, after its token is registered.
     fn connect<'a>(&'a self, token: Uuid, request: &'a ClientRequest) -> HookFuture<'a, Result<Accepted, Refusal>>;
 
-    /// Called exactly once for every accepted stream when it ends.
+    /// Called for every accepted stream when it ends: once, or again (same
+    /// arguments) when it failed and the gateway retries it.
     fn disconnect<'a>(
         &'a self,
         token: Uuid,
         reason: DisconnectReason,
         request: &'a ClientRequest,
     ) -> HookFuture<'a, Result<(), Refusal>>;
+
+    /// Called every roster interval (when rosters are on) with every token
+    /// this instance holds. An in-process backend has no use for it.
+    fn roster<'a>(
+        &'a self,
+        instance: &'a str,
+        tokens: &'a [Uuid],
+        interval: Duration,
+    ) -> HookFuture<'a, Result<(), Refusal>> {
+        let _ = (instance, tokens, interval);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Refusal {
+    /// True when trying again later may succeed: no answer, or a 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Timeout | Self::Unavailable(_) => true,
+            Self::Status(code) => *code >= 500,
+            Self::Rejected { .. } => false,
+        }
+    }
 }
 
 /// The SSEGateway callback: `POST CALLBACK_URL` with a JSON body.
@@ -163,6 +190,8 @@ pub trait ConnectHook: Send + Sync + 'static {
 pub struct HttpCallbackHook {
     url: http::Uri,
     timeout: Duration,
+    /// Sent in every callback when rosters are on.
+    instance: Option<String>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -176,18 +205,29 @@ struct CallbackBody<'a> {
     reason: Option<&'static str>,
     token: String,
     request: &'a ClientRequest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct RosterBody<'a> {
+    action: &'static str,
+    instance: &'a str,
+    tokens: Vec<String>,
+    interval_seconds: u64,
 }
 
 impl HttpCallbackHook {
-    /// A hook posting to `url` with the given timeout per callback.
-    pub fn new(url: http::Uri, timeout: Duration) -> Arc<Self> {
+    /// A hook posting to `url` with the given timeout per callback; with
+    /// `instance`, every callback names this gateway instance (rosters on).
+    pub fn new(url: http::Uri, timeout: Duration, instance: Option<String>) -> Arc<Self> {
         // Idle pooled connections to the backend each keep hyper's buffers; a
         // burst of connects must not leave hundreds of them behind.
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(32).build_http();
-        Arc::new(Self { url, timeout, client })
+        Arc::new(Self { url, timeout, instance, client })
     }
 
-    async fn post(&self, body: &CallbackBody<'_>) -> Result<(http::StatusCode, Option<String>, Bytes), Refusal> {
+    async fn post(&self, body: &impl Serialize) -> Result<(http::StatusCode, Option<String>, Bytes), Refusal> {
         let json = serde_json::to_vec(body).map_err(|e| Refusal::Unavailable(e.to_string()))?;
         let req = http::Request::post(self.url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -223,8 +263,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Reads the optional connect answer: a JSON object with `request_id` and
-/// `bindings`; other fields are ignored, anything else is the same as `{}`.
+/// Reads the optional connect answer: a JSON object with `request_id`,
+/// `bindings` and `expires_at` (unix seconds); other fields are ignored,
+/// anything else is the same as `{}`.
 fn parse_answer(body: &[u8]) -> Accepted {
     let Ok(serde_json::Value::Object(obj)) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Accepted::default();
@@ -235,13 +276,19 @@ fn parse_answer(body: &[u8]) -> Accepted {
         .and_then(|v| v.as_array())
         .map(|a| a.iter().filter_map(|b| b.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
-    Accepted { request_id: string("request_id"), bindings }
+    let expires_at = obj
+        .get("expires_at")
+        .and_then(serde_json::Value::as_f64)
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e12)
+        .map(|s| std::time::UNIX_EPOCH + Duration::from_secs_f64(s));
+    Accepted { request_id: string("request_id"), bindings, expires_at }
 }
 
 impl ConnectHook for HttpCallbackHook {
     fn connect<'a>(&'a self, token: Uuid, request: &'a ClientRequest) -> HookFuture<'a, Result<Accepted, Refusal>> {
         Box::pin(async move {
-            let body = CallbackBody { action: "connect", reason: None, token: token.to_string(), request };
+            let instance = self.instance.as_deref();
+            let body = CallbackBody { action: "connect", reason: None, token: token.to_string(), request, instance };
             let (status, phrase, answer) = self.post(&body).await?;
             match status.as_u16() {
                 200..=299 => Ok(parse_answer(&answer)),
@@ -261,8 +308,27 @@ impl ConnectHook for HttpCallbackHook {
         request: &'a ClientRequest,
     ) -> HookFuture<'a, Result<(), Refusal>> {
         Box::pin(async move {
-            let body =
-                CallbackBody { action: "disconnect", reason: Some(reason.as_str()), token: token.to_string(), request };
+            let body = CallbackBody {
+                action: "disconnect",
+                reason: Some(reason.as_str()),
+                token: token.to_string(),
+                request,
+                instance: self.instance.as_deref(),
+            };
+            let (status, _, _) = self.post(&body).await?;
+            if status.is_success() { Ok(()) } else { Err(Refusal::Status(status.as_u16())) }
+        })
+    }
+
+    fn roster<'a>(
+        &'a self,
+        instance: &'a str,
+        tokens: &'a [Uuid],
+        interval: Duration,
+    ) -> HookFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move {
+            let tokens = tokens.iter().map(Uuid::to_string).collect();
+            let body = RosterBody { action: "roster", instance, tokens, interval_seconds: interval.as_secs() };
             let (status, _, _) = self.post(&body).await?;
             if status.is_success() { Ok(()) } else { Err(Refusal::Status(status.as_u16())) }
         })
@@ -278,6 +344,10 @@ mod tests {
         let a = parse_answer(br#"{"request_id":"r1","bindings":["a",1,"b"],"subject":"u","role":"admin","x":1}"#);
         assert_eq!(a.request_id.as_deref(), Some("r1"));
         assert_eq!(a.bindings, vec!["a", "b"]);
+        assert_eq!(a.expires_at, None);
+        let e = parse_answer(br#"{"expires_at":1700000000.5}"#).expires_at.unwrap();
+        assert_eq!(e.duration_since(std::time::UNIX_EPOCH).unwrap(), Duration::from_millis(1_700_000_000_500));
+        assert_eq!(parse_answer(br#"{"expires_at":"soon"}"#).expires_at, None);
         assert_eq!(parse_answer(b""), Accepted::default());
         assert_eq!(parse_answer(b"[1]"), Accepted::default());
         assert_eq!(parse_answer(b"not json"), Accepted::default());

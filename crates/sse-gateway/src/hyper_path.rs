@@ -197,8 +197,9 @@ fn sse(body: ResponseBody) -> Resp {
 async fn stream(shared: &Arc<Shared>, abort: CancellationToken, req: Request<Incoming>) -> Resp {
     let url = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let request = ClientRequest::from_parts(url, req.headers());
+    let peer = req.extensions().get::<std::net::SocketAddr>().copied();
     drop(req);
-    let decision = match connect::start(shared, request, Some(abort)) {
+    let decision = match connect::start(shared, request, peer, Some(abort)) {
         Err(d) => d,
         Ok(rx) => match rx.await {
             Ok(d) => d,

@@ -83,7 +83,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             let uri: http::Uri = url.parse().context("CALLBACK_URL")?;
             // The query usually carries the backend's secret: never log it.
             info!(callback = %format!("{}://{}{}", uri.scheme_str().unwrap_or("http"), uri.authority().map_or("", |a| a.as_str()), uri.path()), "callback configured");
-            builder = builder.hook(HttpCallbackHook::new(uri, config.callback_timeout));
+            let instance = (!config.roster_interval.is_zero()).then(|| config.instance_id.clone());
+            builder = builder.hook(HttpCallbackHook::new(uri, config.callback_timeout, instance));
         }
         None => warn!("CALLBACK_URL is not set: every stream request will be answered 503"),
     }

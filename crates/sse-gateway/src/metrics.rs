@@ -39,6 +39,10 @@ pub(crate) struct Metrics {
     pub(crate) held: Counter,
     pub(crate) hold_dropped: Counter,
     pub(crate) errors: Family<Labels2, Counter>,
+    pub(crate) disconnect_retries: Family<Labels1, Counter>,
+    pub(crate) rosters: Family<Labels1, Counter>,
+    pub(crate) admin_closed: Counter,
+    pub(crate) expired: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +67,10 @@ impl Default for Metrics {
             held: Counter::default(),
             hold_dropped: Counter::default(),
             errors: Family::default(),
+            disconnect_retries: Family::default(),
+            rosters: Family::default(),
+            admin_closed: Counter::default(),
+            expired: Counter::default(),
         };
         let mut registry = Registry::default();
         registry.register("sse_gateway_active_connections", "Open SSE streams", m.active.clone());
@@ -126,6 +134,22 @@ impl Default for Metrics {
             "sse_gateway_error_answers",
             "Errors by fault class (client, backend, broker, internal) and code",
             m.errors.clone(),
+        );
+        registry.register(
+            "sse_gateway_disconnect_retries",
+            "Disconnect callback retries by outcome (retry, delivered, window, too_many)",
+            m.disconnect_retries.clone(),
+        );
+        registry.register(
+            "sse_gateway_rosters",
+            "Roster callbacks by outcome (ok, unsupported, failed)",
+            m.rosters.clone(),
+        );
+        registry.register("sse_gateway_admin_closed", "Streams closed through /internal/close", m.admin_closed.clone());
+        registry.register(
+            "sse_gateway_credentials_expired",
+            "Streams ended with auth_expired at their expires_at",
+            m.expired.clone(),
         );
         Self { registry, ..m }
     }

@@ -67,6 +67,8 @@ struct QueueState {
     out: Chunk,
     /// The sink, while its writer runs: lets `push` write through.
     sink: Option<Arc<dyn Sink>>,
+    /// Application events accepted for this stream (admin listing).
+    events: u64,
 }
 
 /// How flushing a stream into its sink stopped.
@@ -135,20 +137,27 @@ impl StreamQueue {
     /// Queues a frame for the stream's writer task. Fails if the stream is
     /// closing, or overflows it.
     pub(crate) fn push(&self, frame: Bytes) -> Result<(), PushError> {
-        self.push_with(frame, false)
+        self.push_with(frame, false, false)
     }
 
-    /// Like [`StreamQueue::push`]; with `write_through`, a raw stream with
+    /// Like [`StreamQueue::push`] for an application event (counted for the
+    /// admin listing), with optional write-through.
+    pub(crate) fn push_event(&self, frame: Bytes, write_through: bool) -> Result<(), PushError> {
+        self.push_with(frame, write_through, true)
+    }
+
+    /// With `write_through`, a raw stream with
     /// nothing pending gets the frame written to its socket right here (one
     /// vectored write, no task wake-up), and whatever the socket does not take
     /// is left for the writer task, in order. Worth it for one stream or a
     /// few; a broadcast instead wakes the writers, which run on every core
     /// and batch what piles up under load.
-    pub(crate) fn push_with(&self, frame: Bytes, write_through: bool) -> Result<(), PushError> {
+    fn push_with(&self, frame: Bytes, write_through: bool, event: bool) -> Result<(), PushError> {
         let mut st = self.lock();
         if let Some(reason) = st.closing {
             return Err(PushError::Closed(reason));
         }
+        st.events += u64::from(event);
         if write_through
             && let Some(sink) = st.sink.clone()
             && st.items.is_empty()
@@ -217,6 +226,12 @@ impl StreamQueue {
     #[cfg(test)]
     pub(crate) fn queued_bytes(&self) -> usize {
         self.lock().bytes
+    }
+
+    /// Bytes waiting to be written and application events accepted so far.
+    pub(crate) fn stats(&self) -> (usize, u64) {
+        let st = self.lock();
+        (st.bytes, st.events)
     }
 
     /// Moves up to `max` queued frames into `out`, or reports why there are none.

@@ -17,6 +17,10 @@ pub(crate) enum RetryHint {
     BrokerDown,
     /// The gateway is draining (shutdown): its stream ends or is refused.
     Draining,
+    /// The client's credentials expired: reconnect and authenticate again.
+    Reauthenticate,
+    /// An operator closed the stream (`/internal/close`).
+    Closed,
 }
 
 impl RetryHint {
@@ -26,7 +30,7 @@ impl RetryHint {
             Self::SlowConsumer => (5_000, 10_000),
             Self::MaxConnections => (5_000, 15_000),
             Self::BrokerDown => (2_000, 10_000),
-            Self::Draining => (1_000, 5_000),
+            Self::Draining | Self::Reauthenticate | Self::Closed => (1_000, 5_000),
         }
     }
 
@@ -45,7 +49,14 @@ mod tests {
 
     #[test]
     fn hints_stay_in_their_range() {
-        for hint in [RetryHint::SlowConsumer, RetryHint::MaxConnections, RetryHint::BrokerDown, RetryHint::Draining] {
+        for hint in [
+            RetryHint::SlowConsumer,
+            RetryHint::MaxConnections,
+            RetryHint::BrokerDown,
+            RetryHint::Draining,
+            RetryHint::Reauthenticate,
+            RetryHint::Closed,
+        ] {
             let (min, max) = hint.range_ms();
             for _ in 0..50 {
                 let frame = hint.frame();

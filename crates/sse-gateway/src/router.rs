@@ -19,8 +19,9 @@
 //! publish never allocates per stream.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use uuid::Uuid;
@@ -41,6 +42,21 @@ struct Open {
     queue: Arc<StreamQueue>,
     keys: Box<[Box<str>]>,
     request_id: Option<Box<str>>,
+    /// Who opened it and when (admin listing).
+    peer: Option<SocketAddr>,
+    connected_at: SystemTime,
+}
+
+/// One open stream as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StreamInfo {
+    pub(crate) token: Uuid,
+    pub(crate) request_id: Option<Box<str>>,
+    pub(crate) keys: Box<[Box<str>]>,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) connected_at: SystemTime,
+    pub(crate) queued_bytes: usize,
+    pub(crate) events_sent: u64,
 }
 
 /// Events published to `connection.<request_id>` after its stream went away,
@@ -121,7 +137,7 @@ pub(crate) struct Published {
 }
 
 /// Publishes to at most this many streams write through to idle sockets
-/// inline; bigger ones wake the writer tasks (see `StreamQueue::push_with`).
+/// inline; bigger ones wake the writer tasks (see `StreamQueue::push_event`).
 const WRITE_THROUGH_MAX: usize = 64;
 
 /// Pushes one shared frame to each queue (then closes them if asked).
@@ -135,7 +151,7 @@ fn deliver_each<'a>(
 ) {
     for queue in queues {
         if let Some(f) = frame {
-            match queue.push_with(f.clone(), write_through) {
+            match queue.push_event(f.clone(), write_through) {
                 Ok(()) => {}
                 Err(PushError::Overflow) => {
                     result.matched += 1;
@@ -244,7 +260,7 @@ impl Router {
             Some(_) => return SendOutcome::NotFound,
         }
         if let Some(f) = frame {
-            match queue.push_with(f, true) {
+            match queue.push_event(f, true) {
                 Ok(()) => {}
                 Err(PushError::Overflow) => return SendOutcome::Overflow,
                 Err(PushError::Closed(DisconnectReason::Error)) => return SendOutcome::WriteFailed,
@@ -305,6 +321,7 @@ impl Router {
         queue: &Arc<StreamQueue>,
         keys: Vec<String>,
         request_id: Option<&str>,
+        peer: Option<SocketAddr>,
         ready: Option<Bytes>,
         drain_hint: impl FnOnce() -> Bytes,
     ) -> (Opened, Option<Box<str>>) {
@@ -315,7 +332,7 @@ impl Router {
             taken = Some(hold);
         }
         let taken_key = taken.as_ref().map(|h| h.key.clone());
-        (self.open_locked(&mut st, queue, keys, request_id, ready, drain_hint, taken), taken_key)
+        (self.open_locked(&mut st, queue, keys, request_id, peer, ready, drain_hint, taken), taken_key)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -325,6 +342,7 @@ impl Router {
         queue: &Arc<StreamQueue>,
         keys: Vec<String>,
         request_id: Option<&str>,
+        peer: Option<SocketAddr>,
         ready: Option<Bytes>,
         drain_hint: impl FnOnce() -> Bytes,
         held: Option<Hold>,
@@ -341,7 +359,7 @@ impl Router {
         };
         for f in pending.frames {
             // Cannot overflow: the pending buffer has the same bound as the queue.
-            let _ = queue.push(f);
+            let _ = queue.push_event(f, false);
         }
         if pending.close {
             queue.close(None, DisconnectReason::ServerClosed);
@@ -354,7 +372,7 @@ impl Router {
         for f in held.into_iter().flat_map(|h| h.frames) {
             // A hold and a pending buffer share one bound each; together they can
             // exceed the queue's, in which case the stream closes as a slow consumer.
-            let _ = queue.push(f);
+            let _ = queue.push_event(f, false);
         }
         if draining {
             queue.close(Some(drain_hint()), DisconnectReason::ServerClosed);
@@ -376,6 +394,8 @@ impl Router {
                 queue: Arc::clone(queue),
                 keys: bound.into_boxed_slice(),
                 request_id: request_id.map(Box::from),
+                peer,
+                connected_at: SystemTime::now(),
             }),
         );
         Opened::Live
@@ -460,6 +480,54 @@ impl Router {
             .count()
     }
 
+    /// Every token held, pending or open (the roster).
+    pub(crate) fn tokens(&self) -> Vec<Uuid> {
+        self.read().slots.keys().copied().collect()
+    }
+
+    /// Open streams (all, or those bound to `key`) with tokens after
+    /// `after`, in token order, at most `limit`; and the token to pass as
+    /// `after` for the next page, when there is one.
+    pub(crate) fn list(&self, key: Option<&str>, after: Option<Uuid>, limit: usize) -> (Vec<StreamInfo>, Option<Uuid>) {
+        let st = self.read();
+        let mut tokens: Vec<Uuid> = match key {
+            Some(k) => st.keys.get(k).map(|m| m.keys().copied().collect()).unwrap_or_default(),
+            None => st.slots.iter().filter(|(_, s)| matches!(s, Slot::Open(_))).map(|(t, _)| *t).collect(),
+        };
+        tokens.retain(|t| after.is_none_or(|a| *t > a));
+        tokens.sort_unstable();
+        let more = tokens.len() > limit;
+        tokens.truncate(limit);
+        let infos: Vec<StreamInfo> = tokens
+            .iter()
+            .filter_map(|t| match st.slots.get(t) {
+                Some(Slot::Open(o)) => {
+                    let (queued_bytes, events_sent) = o.queue.stats();
+                    Some(StreamInfo {
+                        token: *t,
+                        request_id: o.request_id.clone(),
+                        keys: o.keys.clone(),
+                        peer: o.peer,
+                        connected_at: o.connected_at,
+                        queued_bytes,
+                        events_sent,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        let next = if more { tokens.last().copied() } else { None };
+        (infos, next)
+    }
+
+    /// Ends every open stream bound to `key` after a last frame (`hint()`,
+    /// per stream); returns how many. Holds are not affected.
+    pub(crate) fn close_key(&self, key: &str, hint: impl Fn() -> Bytes) -> usize {
+        let st = self.read();
+        let Some(streams) = st.keys.get(key) else { return 0 };
+        streams.values().filter(|q| q.close(Some(hint()), DisconnectReason::ServerClosed)).count()
+    }
+
     /// Refuses new registrations and returns every open stream, to be closed.
     pub(crate) fn start_draining(&self) -> Vec<Arc<StreamQueue>> {
         self.write().draining = true;
@@ -497,7 +565,7 @@ mod tests {
         let q = queue(t);
         let rid = keys.iter().find_map(|k| k.strip_prefix("connection."));
         assert_eq!(
-            r.open(&q, keys.iter().map(|k| k.to_string()).collect(), rid, Some(READY), Bytes::new).0,
+            r.open(&q, keys.iter().map(|k| k.to_string()).collect(), rid, None, Some(READY), Bytes::new).0,
             Opened::Live
         );
         (t, q)
@@ -512,7 +580,7 @@ mod tests {
         assert_eq!(r.send(t, Some(Bytes::from_static(b"1")), false), SendOutcome::Buffered);
         assert_eq!(r.send(t, Some(Bytes::from_static(b"2")), false), SendOutcome::Buffered);
         let q = queue(t);
-        assert_eq!(r.open(&q, vec![], None, Some(READY), Bytes::new).0, Opened::Live);
+        assert_eq!(r.open(&q, vec![], None, None, Some(READY), Bytes::new).0, Opened::Live);
         assert_eq!(q.queued_bytes(), 3);
         assert_eq!(r.send(t, Some(Bytes::from_static(b"3")), false), SendOutcome::Delivered);
         assert_eq!(r.counts(), (0, 1, 0));
@@ -526,7 +594,7 @@ mod tests {
         assert_eq!(r.send(t, Some(Bytes::from_static(b"1")), true), SendOutcome::Buffered);
         assert_eq!(r.send(t, Some(Bytes::from_static(b"2")), false), SendOutcome::NotFound);
         let q = queue(t);
-        assert_eq!(r.open(&q, vec!["broadcast".into()], None, Some(READY), Bytes::new).0, Opened::Closing);
+        assert_eq!(r.open(&q, vec!["broadcast".into()], None, None, Some(READY), Bytes::new).0, Opened::Closing);
         assert_eq!(q.queued_bytes(), 1);
         assert_eq!(r.counts(), (0, 0, 0));
     }
@@ -621,7 +689,7 @@ mod tests {
         let t = Uuid::new_v4();
         r.register_pending(t).unwrap();
         let q2 = queue(t);
-        let (opened, taken) = r.open(&q2, vec!["connection.r1".into()], Some("r1"), Some(READY), Bytes::new);
+        let (opened, taken) = r.open(&q2, vec!["connection.r1".into()], Some("r1"), None, Some(READY), Bytes::new);
         assert_eq!((opened, taken.as_deref()), (Opened::Live, Some("connection.r1")));
         let mut out = Vec::new();
         q2.take_batch(&mut out, 64, std::task::Waker::noop());
@@ -648,6 +716,6 @@ mod tests {
         assert!(r.start_draining().is_empty());
         assert_eq!(r.register_pending(Uuid::new_v4()), Err(Refused::Draining));
         let q = queue(t);
-        assert_eq!(r.open(&q, vec![], None, Some(READY), || Bytes::from_static(b"retry")).0, Opened::Closing);
+        assert_eq!(r.open(&q, vec![], None, None, Some(READY), || Bytes::from_static(b"retry")).0, Opened::Closing);
     }
 }

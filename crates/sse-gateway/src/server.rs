@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::connection;
 use crate::events::Event;
-use crate::hook::DisconnectReason;
+use crate::hook::{ConnectHook, DisconnectReason, Refusal};
 use crate::retry::RetryHint;
 use crate::routes::Listener;
 use crate::shared::Shared;
@@ -41,12 +41,21 @@ pub(crate) async fn serve(shared: Arc<Shared>, public: TcpListener, internal: Op
         .clone()
         .map(|a| tokio::spawn(a.run(Arc::clone(&shared.router), Arc::clone(&shared.metrics), shared.shutdown.clone())));
     let holds = (!shared.config.resume_ttl.is_zero()).then(|| tokio::spawn(expire_holds_loop(Arc::clone(&shared))));
+    let expiries = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move { shared.expiries.run(&shared.router, &shared.metrics).await })
+    };
+    let roster = match (&shared.hook, shared.config.roster_interval.is_zero()) {
+        (Some(hook), false) => Some(tokio::spawn(roster_loop(Arc::clone(&shared), Arc::clone(hook)))),
+        _ => None,
+    };
     let internal_loop =
         internal.map(|l| tokio::spawn(accept_loop(Arc::clone(&shared), l, Listener::Internal, connections.clone())));
     accept_loop(Arc::clone(&shared), public, Listener::Public, connections.clone()).await;
     heartbeat.abort();
-    if let Some(h) = holds {
-        h.abort();
+    expiries.abort();
+    for task in [holds, roster].into_iter().flatten() {
+        task.abort();
     }
     drain(&shared, &connections).await;
     if let Some(b) = broker {
@@ -101,9 +110,35 @@ async fn drain(shared: &Arc<Shared>, connections: &TaskTracker) {
         }
     }
     shared.tracker.close();
-    let callbacks_deadline = Instant::now() + shared.config.callback_timeout + Duration::from_secs(1);
+    // Disconnect callbacks (and their retries, flushed now) get until the
+    // shutdown deadline, and at least one callback timeout after the streams.
+    let callbacks_deadline = deadline.max(Instant::now() + shared.config.callback_timeout + Duration::from_secs(1));
     if tokio::time::timeout_at(callbacks_deadline, shared.tracker.wait()).await.is_err() {
-        warn!("some disconnect callbacks did not finish before exit");
+        warn!(
+            waiting_for_retry = shared.disconnects_waiting.count(),
+            "some disconnect callbacks did not finish before exit; the backend never heard them"
+        );
+    }
+}
+
+/// Posts this instance's tokens to the backend every roster interval.
+async fn roster_loop(shared: Arc<Shared>, hook: Arc<dyn ConnectHook>) {
+    let period = shared.config.roster_interval;
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refused_before = false;
+    loop {
+        tick.tick().await;
+        let tokens = shared.router.tokens();
+        let result = hook.roster(&shared.config.instance_id, &tokens, period).await;
+        let refusal = matches!(&result, Err(Refusal::Status(s)) if (400..500).contains(s));
+        let first_refusal = refusal && !refused_before;
+        refused_before |= refusal;
+        shared.metrics.emit(Event::RosterPosted {
+            result: result.as_ref().copied(),
+            tokens: tokens.len(),
+            first_refusal,
+        });
     }
 }
 

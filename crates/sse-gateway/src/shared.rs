@@ -12,6 +12,8 @@ use tokio_util::task::TaskTracker;
 use crate::amqp::Amqp;
 use crate::app::AppService;
 use crate::config::Config;
+use crate::disconnect::Waiting;
+use crate::expiry::Expiries;
 use crate::hook::ConnectHook;
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -32,6 +34,10 @@ pub(crate) struct Shared {
     pub(crate) amqp: Option<Arc<Amqp>>,
     /// An embedding application: its stream path, and the service for the rest.
     pub(crate) app: Option<(String, AppService)>,
+    /// Streams with a credential expiry.
+    pub(crate) expiries: Expiries,
+    /// Disconnect callbacks waiting for a retry.
+    pub(crate) disconnects_waiting: Waiting,
 }
 
 impl Shared {
@@ -48,6 +54,8 @@ impl Shared {
             cut: CancellationToken::new(),
             amqp,
             app,
+            expiries: Expiries::default(),
+            disconnects_waiting: Waiting::default(),
         }
     }
 

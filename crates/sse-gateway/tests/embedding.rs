@@ -18,7 +18,11 @@ impl ConnectHook for AcceptAll {
     fn connect<'a>(&'a self, _: Uuid, r: &'a ClientRequest) -> HookFuture<'a, Result<Accepted, Refusal>> {
         let rid = r.url.split("request_id=").nth(1).map(str::to_owned);
         Box::pin(async move {
-            Ok(Accepted { bindings: rid.iter().map(|r| format!("connection.{r}")).collect(), request_id: rid })
+            Ok(Accepted {
+                bindings: rid.iter().map(|r| format!("connection.{r}")).collect(),
+                request_id: rid,
+                expires_at: None,
+            })
         })
     }
     fn disconnect<'a>(

@@ -40,6 +40,10 @@ pub const READY: &[u8] = b"event: ready\ndata:\n\n";
 /// The heartbeat comment: `: heartbeat\n\n`.
 pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
+/// The `auth_expired` event (extension): the client's credentials expired
+/// and the stream ends; `EventSource` reconnects and re-authenticates.
+pub const AUTH_EXPIRED: &[u8] = b"event: auth_expired\ndata: {}\n\n";
+
 /// Returns true when `value` can be written on one line of the stream.
 pub fn is_single_line(value: &str) -> bool {
     !value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0))

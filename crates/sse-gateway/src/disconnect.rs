@@ -1,0 +1,166 @@
+//! Disconnect callbacks, delivered reliably: a callback that fails with a
+//! transient error (no answer, timeout, 5xx) is retried with jittered
+//! exponential backoff for up to `DISCONNECT_RETRY_SECONDS`, with the same
+//! body each time (the token is the backend's idempotency key).
+//!
+//! Each callback runs in its own tracked task, so a backend that is down
+//! never delays a connect or a stream. Retries waiting at once are bounded
+//! in count and in bytes (the requests they hold); beyond the bound a
+//! failed callback is given up at once and counted. During the drain a
+//! waiting retry is tried again at once, then every 200 ms, until the drain
+//! gives up on it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::events::{Event, GiveUp};
+use crate::hook::{ClientRequest, ConnectHook, DisconnectReason};
+use crate::shared::Shared;
+
+/// Most disconnect callbacks waiting for a retry at once.
+const MAX_WAITING: usize = 100_000;
+/// Most bytes (of the client requests they carry) held by waiting retries.
+const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
+/// First retry delay; doubles up to [`MAX_BACKOFF`], each with ±50 % jitter.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Retry period once the gateway is draining.
+const DRAIN_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Counts the retries waiting (count, bytes), against the bounds.
+#[derive(Debug, Default)]
+pub(crate) struct Waiting {
+    state: Mutex<(usize, usize)>,
+}
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, usize)> {
+        // Two integers updated together cannot be left half-changed.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Retries waiting now.
+    pub(crate) fn count(&self) -> usize {
+        self.lock().0
+    }
+
+    fn reserve(&self, bytes: usize) -> Option<Reservation<'_>> {
+        let mut st = self.lock();
+        if st.0 >= MAX_WAITING || st.1 + bytes > MAX_WAITING_BYTES {
+            return None;
+        }
+        st.0 += 1;
+        st.1 += bytes;
+        Some(Reservation { waiting: self, bytes })
+    }
+}
+
+struct Reservation<'a> {
+    waiting: &'a Waiting,
+    bytes: usize,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut st = self.waiting.lock();
+        st.0 -= 1;
+        st.1 -= self.bytes;
+    }
+}
+
+fn request_bytes(request: &ClientRequest) -> usize {
+    request.url.len() + request.headers.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>() + 128
+}
+
+/// `d` ± 50 %.
+fn jittered(d: Duration) -> Duration {
+    let unit = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
+    d.mul_f64(0.5 + unit)
+}
+
+/// Sends (and if need be retries) the disconnect callback of `token` in a tracked task.
+pub(crate) fn spawn(
+    shared: &Arc<Shared>,
+    hook: Arc<dyn ConnectHook>,
+    token: Uuid,
+    reason: DisconnectReason,
+    request: Arc<ClientRequest>,
+) {
+    // Handles can be dropped while the runtime itself shuts down; then there
+    // is nobody left to send the callback.
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    let task_shared = Arc::clone(shared);
+    shared.tracker.spawn_on(async move { deliver(&task_shared, hook.as_ref(), token, reason, &request).await }, &rt);
+}
+
+async fn deliver(
+    shared: &Shared,
+    hook: &dyn ConnectHook,
+    token: Uuid,
+    reason: DisconnectReason,
+    request: &ClientRequest,
+) {
+    let window_end = Instant::now() + shared.config.disconnect_retry;
+    let mut backoff = FIRST_BACKOFF;
+    let mut reservation = None;
+    let mut attempt: u32 = 1;
+    loop {
+        let started = Instant::now();
+        let result = hook.disconnect(token, reason, request).await;
+        let elapsed = started.elapsed();
+        shared.metrics.emit(Event::DisconnectAnswered { token, result: result.as_ref().copied(), elapsed, attempt });
+        let Err(error) = result else { return };
+        if !error.is_transient() {
+            return;
+        }
+        let now = Instant::now();
+        if now >= window_end {
+            if !shared.config.disconnect_retry.is_zero() {
+                shared.metrics.emit(Event::DisconnectGivenUp { token, why: GiveUp::Window, attempts: attempt });
+            }
+            return;
+        }
+        if reservation.is_none() {
+            reservation = shared.disconnects_waiting.reserve(request_bytes(request));
+            if reservation.is_none() {
+                shared.metrics.emit(Event::DisconnectGivenUp { token, why: GiveUp::TooMany, attempts: attempt });
+                return;
+            }
+        }
+        let delay = if shared.shutdown.is_cancelled() { DRAIN_BACKOFF } else { jittered(backoff) };
+        let wake = (now + delay).min(window_end);
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            // The drain flushes waiting retries now rather than after their backoff.
+            () = shared.shutdown.cancelled(), if !shared.shutdown.is_cancelled() => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        attempt += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_retries_are_bounded_and_released() {
+        let w = Waiting::default();
+        let a = w.reserve(MAX_WAITING_BYTES / 2).expect("first fits");
+        assert!(w.reserve(MAX_WAITING_BYTES).is_none(), "over the byte bound");
+        assert_eq!(w.count(), 1);
+        drop(a);
+        assert_eq!(*w.lock(), (0, 0));
+    }
+
+    #[test]
+    fn jitter_stays_within_half_either_way() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_millis(1000));
+            assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1500), "{d:?}");
+        }
+    }
+}
