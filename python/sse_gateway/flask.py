@@ -74,6 +74,7 @@ class SSEGateway:
         callback_path: str = DEFAULT_CALLBACK_PATH,
         identify: Identify = local_user,
         roster: bool = True,
+        roster_grace_seconds: float = 2.0,
     ) -> None:
         self._gateway_url = gateway_url
         self._gateway_secret = gateway_secret
@@ -82,6 +83,7 @@ class SSEGateway:
         self.callback_path = callback_path
         self.identify = identify
         self.roster = roster
+        self.roster_grace_seconds = roster_grace_seconds
         self._pending_connect: list[Observer] = []
         self._pending_disconnect: list[Observer] = []
         self._manager: Optional[ConnectionManager] = None
@@ -105,7 +107,9 @@ class SSEGateway:
             callback_secret = setting("SSE_CALLBACK_SECRET")
             if callback_secret is None and (setting("FLASK_ENV") or "") == "production":
                 callback_secret = ""  # production without a secret refuses every callback
-        manager = ConnectionManager(Client(url, secret or None), publish=publish)
+        manager = ConnectionManager(
+            Client(url, secret or None), publish=publish, roster_grace_seconds=self.roster_grace_seconds
+        )
         for fn in self._pending_connect:
             manager.register_on_connect(fn)
         for fn in self._pending_disconnect:
