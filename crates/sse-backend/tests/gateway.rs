@@ -175,13 +175,27 @@ async fn publish_refused_by_the_gateway_falls_back_to_per_token_sends() {
     assert_eq!((after.0 - before.0, after.1 - before.1), (2, 1), "(sends, publishes)");
 }
 
-fn jwt(sub: &str) -> String {
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("fixtures/jwt-test-key.pem")).expect("key");
+/// The key of the fixture JWKS (`kid` `test-key-1`).
+const SIGNING_KEY: &[u8] = include_bytes!("fixtures/jwt-test-key.pem");
+/// A key the JWKS does not hold: a forger's.
+const FORGER_KEY: &[u8] = include_bytes!("fixtures/jwt-forger-key.pem");
+
+/// A JWT with `kid` `test-key-1` and `claims`, signed with `key_pem`.
+fn sign(key_pem: &[u8], claims: &Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(key_pem).expect("key");
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("test-key-1".to_owned());
+    jsonwebtoken::encode(&header, claims, &key).expect("sign")
+}
+
+/// Claims the demo backend accepts (issuer, audience, expiry in 10 min) for `sub`.
+fn claims(sub: &str) -> Value {
     let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 600;
-    let claims = json!({"sub": sub, "iss": "https://issuer.test", "aud": "demo", "exp": exp});
-    jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    json!({"sub": sub, "iss": "https://issuer.test", "aud": "demo", "exp": exp})
+}
+
+fn jwt(sub: &str) -> String {
+    sign(SIGNING_KEY, &claims(sub))
 }
 
 const OIDC: &[(&str, &str)] = &[
@@ -390,4 +404,65 @@ async fn readiness_turns_503_once_shutdown_began_and_waits_for_tasks() {
         }
     }
     within("shutdown to finish", shutdown).await.expect("shutdown task");
+}
+
+/// A stream opened with `token` (which claims to be alice) is served but gets
+/// no identity: alice's subject-filtered events skip it, a subscription for
+/// it is refused, the backend's own API answers 401 to the token, and the
+/// failed binding is counted. A stream with a valid alice token beside it
+/// gets all of that, so the test fails if binding itself is broken.
+async fn assert_token_binds_no_identity(token: &str) {
+    let s = start(OIDC).await;
+    let forged = format!("Bearer {token}");
+    let valid = format!("Bearer {}", jwt("alice"));
+    let (mut bad, _) = open(&s, "rbad", &[("Authorization", forged.as_bytes())]).await;
+    let (mut good, _) = open(&s, "rgood", &[("Authorization", valid.as_bytes())]).await;
+
+    let (_, body) = post(&s, "/demo/broadcast", json!({"name":"for-alice","data":{},"subject":"alice"})).await;
+    assert_eq!(body, json!({"delivered": true}));
+    post(&s, "/demo/broadcast", json!({"name":"marker","data":{}})).await;
+    assert_eq!(next_app(&mut good).await.0, "for-alice");
+    assert_eq!(next_app(&mut good).await.0, "marker");
+    assert_eq!(next_app(&mut bad).await.0, "marker", "alice's event skipped the stream with the bad token");
+
+    async fn subscribe(s: &Setup, rid: &str, bearer: &str) -> sse_testkit::HttpResponse {
+        let body = json!({"request_id": rid, "topic": "sensor.x"}).to_string();
+        let headers = [("Content-Type", "application/json"), ("Authorization", bearer)];
+        request(s.backend, "POST", "/demo/subscribe", &headers, body.as_bytes()).await
+    }
+    assert_eq!(subscribe(&s, "rgood", &valid).await.status, 200);
+    let r = subscribe(&s, "rbad", &valid).await;
+    assert_eq!((r.status, r.json()["code"].clone()), (403, json!("AUTHORIZATION_FAILED")), "rbad has no identity");
+    assert_eq!(subscribe(&s, "rgood", &forged).await.status, 401, "the backend's API refuses the token too");
+
+    let metrics = request(s.backend, "GET", "/metrics", &[], b"").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(text.contains("sse_identity_binding_total{status=\"failed\"} 1"), "{text}");
+}
+
+#[tokio::test]
+async fn jwt_with_a_known_kid_but_a_forged_signature_binds_no_identity() {
+    assert_token_binds_no_identity(&sign(FORGER_KEY, &claims("alice"))).await;
+}
+
+#[tokio::test]
+async fn jwt_whose_payload_was_changed_after_signing_binds_no_identity() {
+    let real: Vec<String> = jwt("mallory").split('.').map(str::to_owned).collect();
+    let wanted: Vec<String> = sign(FORGER_KEY, &claims("alice")).split('.').map(str::to_owned).collect();
+    let tampered = format!("{}.{}.{}", real[0], wanted[1], real[2]);
+    assert_token_binds_no_identity(&tampered).await;
+}
+
+#[tokio::test]
+async fn jwt_from_another_issuer_binds_no_identity() {
+    let mut c = claims("alice");
+    c["iss"] = json!("https://evil.test");
+    assert_token_binds_no_identity(&sign(SIGNING_KEY, &c)).await;
+}
+
+#[tokio::test]
+async fn jwt_without_sub_binds_no_identity() {
+    let mut c = claims("alice");
+    c.as_object_mut().expect("object").remove("sub");
+    assert_token_binds_no_identity(&sign(SIGNING_KEY, &c)).await;
 }

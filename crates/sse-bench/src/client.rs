@@ -16,11 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, bail};
 use bytes::BufMut;
-use sse_wire::{Frame, Parser};
+use sse_wire::{Dechunker, Frame, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
-
-use crate::chunked::Dechunker;
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;

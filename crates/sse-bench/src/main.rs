@@ -6,14 +6,13 @@
 //! the same machine as the server (latency is measured against the same
 //! clock), over loopback only.
 //!
-//! Modules: `client` (raw HTTP/1.1 and SSE over TCP), `chunked` (chunked
-//! decoding), `fleet` (N client streams and what they receive), `payload`
+//! Modules: `client` (raw HTTP/1.1 and SSE over TCP; chunked decoding is
+//! `sse_wire::Dechunker`), `fleet` (N client streams and what they receive), `payload`
 //! (the `{seq,ts}` payload), `target` (ours vs Nchan), `stats`
 //! (percentiles), `proc` (server RSS and CPU), `report` (progress and
 //! output), one module per scenario, and `compare` (the results table).
 
 mod backend;
-mod chunked;
 mod churn;
 mod client;
 mod compare;

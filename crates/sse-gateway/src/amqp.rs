@@ -19,6 +19,14 @@
 //! Bind and unbind calls are serialised by one async mutex, which also owns
 //! the reference counts, so a key can never be unbound while a stream that
 //! needs it is being set up.
+//!
+//! Cluster-wide admin close (extension): `/internal/close` by key publishes
+//! a control message (AMQP `type` `sse.close`) to the exchange with that
+//! routing key, so it reaches exactly the instances with streams bound to
+//! the key. Each closes its streams and replies (`sse.close.reply`, to the
+//! asker's queue through the default exchange) with its count; the asker
+//! sums the replies that arrive within a short window. Event messages from
+//! backends carry no such type and are unaffected.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,11 +36,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use tokio_util::sync::CancellationToken;
@@ -54,10 +63,19 @@ pub(crate) enum AmqpError {
     Broker(#[from] lapin::Error),
 }
 
+/// How long the asker of a cluster-wide close waits for the first reply,
+/// and for each further one after the last.
+const CLOSE_FIRST_REPLY: Duration = Duration::from_secs(2);
+const CLOSE_NEXT_REPLY: Duration = Duration::from_millis(300);
+const CLOSE: &str = "sse.close";
+const CLOSE_REPLY: &str = "sse.close.reply";
+
 #[derive(Default)]
 struct Binder {
     counts: HashMap<Box<str>, usize>,
     channel: Option<Channel>,
+    /// The live connection, for the short-lived channels of admin closes.
+    connection: Option<Arc<Connection>>,
 }
 
 /// The AMQP ingress of one gateway instance.
@@ -65,11 +83,68 @@ pub(crate) struct Amqp {
     config: AmqpConfig,
     binder: tokio::sync::Mutex<Binder>,
     connected: AtomicBool,
+    /// Cluster-wide closes waiting for replies, by correlation id.
+    replies: std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<usize>>>,
 }
 
 impl Amqp {
     pub(crate) fn new(config: AmqpConfig) -> Arc<Self> {
-        Arc::new(Self { config, binder: tokio::sync::Mutex::default(), connected: AtomicBool::new(false) })
+        Arc::new(Self {
+            config,
+            binder: tokio::sync::Mutex::default(),
+            connected: AtomicBool::new(false),
+            replies: std::sync::Mutex::default(),
+        })
+    }
+
+    fn replies(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<usize>>> {
+        // Inserts and removes cannot leave the map half-changed.
+        self.replies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes the streams bound to `key` on every instance that has some;
+    /// returns (streams closed, instances that answered).
+    pub(crate) async fn close_everywhere(&self, key: &str, retry_ms: Option<u64>) -> Result<(usize, usize), AmqpError> {
+        let conn = self.binder.lock().await.connection.clone().ok_or(AmqpError::Disconnected)?;
+        // A channel of its own: a publish error closes only this channel, never the consumer's.
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let correlation = uuid::Uuid::new_v4().to_string();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.replies().insert(correlation.clone(), tx);
+        let result = async {
+            let body = serde_json::json!({"key": key, "retry_ms": retry_ms}).to_string();
+            let props = BasicProperties::default()
+                .with_type(CLOSE.into())
+                .with_reply_to(self.config.queue.as_str().into())
+                .with_correlation_id(correlation.as_str().into());
+            let confirm = ch
+                .basic_publish(
+                    self.config.exchange.as_str().into(),
+                    key.into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    body.as_bytes(),
+                    props,
+                )
+                .await?
+                .await?;
+            if matches!(confirm, Confirmation::Ack(Some(_))) {
+                // Returned: no instance has a stream on this key.
+                return Ok((0, 0));
+            }
+            let (mut matched, mut instances) = (0, 0);
+            let mut deadline = tokio::time::Instant::now() + CLOSE_FIRST_REPLY;
+            while let Ok(Some(n)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                matched += n;
+                instances += 1;
+                deadline = tokio::time::Instant::now() + CLOSE_NEXT_REPLY;
+            }
+            Ok((matched, instances))
+        }
+        .await;
+        self.replies().remove(&correlation);
+        let _ = ch.close(200, "close done".into()).await;
+        result
     }
 
     /// True while the broker connection is up and consuming.
@@ -155,8 +230,8 @@ impl Amqp {
         Ok(())
     }
 
-    async fn connect(&self) -> Result<(Connection, Channel, lapin::Consumer), AmqpError> {
-        let conn = Connection::connect(&self.config.url, ConnectionProperties::default()).await?;
+    async fn connect(&self) -> Result<(Arc<Connection>, Channel, lapin::Consumer), AmqpError> {
+        let conn = Arc::new(Connection::connect(&self.config.url, ConnectionProperties::default()).await?);
         let ch = conn.create_channel().await?;
         let durable = !self.config.auto_delete;
         ch.exchange_declare(
@@ -195,6 +270,7 @@ impl Amqp {
             };
             match attempt {
                 Ok((conn, ch, consumer)) => {
+                    self.binder.lock().await.connection = Some(Arc::clone(&conn));
                     if let Err(e) = self.rebind(&ch).await {
                         warn!(error = %e, "re-binding routing keys failed; reconnecting");
                         let _ = conn.close(0, "rebind failed".into()).await;
@@ -208,10 +284,13 @@ impl Amqp {
                             router.push_all(&Bytes::from_static(sse_wire::encode::READY));
                         }
                         first = false;
-                        self.consume(&router, &metrics, &shutdown, consumer).await;
+                        self.consume(&ch, &router, &metrics, &shutdown, consumer).await;
                         self.connected.store(false, Ordering::Release);
                         metrics.emit(Event::BrokerLost { shutting_down: shutdown.is_cancelled() });
-                        self.binder.lock().await.channel = None;
+                        let mut binder = self.binder.lock().await;
+                        binder.channel = None;
+                        binder.connection = None;
+                        drop(binder);
                         if shutdown.is_cancelled() {
                             let _ = conn.close(200, "shutting down".into()).await;
                             return;
@@ -240,6 +319,7 @@ impl Amqp {
 
     async fn consume(
         &self,
+        ch: &Channel,
         router: &Router,
         metrics: &Metrics,
         shutdown: &CancellationToken,
@@ -259,6 +339,14 @@ impl Amqp {
                 None => return,
             };
             let key = delivery.routing_key.as_str().to_owned();
+            let kind = delivery.properties.kind().as_ref().map(|k| k.as_str().to_owned());
+            if let Some(kind) = kind.as_deref().filter(|k| *k == CLOSE || *k == CLOSE_REPLY) {
+                self.control(ch, router, metrics, kind, &key, &delivery).await;
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    warn!(error = %e, "ack failed");
+                }
+                continue;
+            }
             match parse_message(&delivery.data) {
                 Ok(frame) => {
                     deliver::publish(router, metrics, Ingress::Amqp, &key, Some(&frame), false);
@@ -274,6 +362,45 @@ impl Amqp {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Amqp {
+    /// Handles a control message: a close (close locally, reply with the
+    /// count) or a reply to one of this instance's closes.
+    async fn control(
+        &self,
+        ch: &Channel,
+        router: &Router,
+        metrics: &Metrics,
+        kind: &str,
+        key: &str,
+        delivery: &lapin::message::Delivery,
+    ) {
+        let correlation = delivery.properties.correlation_id().as_ref().map(|c| c.as_str().to_owned());
+        let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap_or_default();
+        if kind == CLOSE_REPLY {
+            let matched = body.get("matched").and_then(serde_json::Value::as_u64).unwrap_or(0);
+            if let Some(tx) = correlation.and_then(|c| self.replies().get(&c).cloned()) {
+                let _ = tx.send(usize::try_from(matched).unwrap_or(usize::MAX));
+            }
+            return;
+        }
+        let retry_ms = body.get("retry_ms").and_then(serde_json::Value::as_u64);
+        let matched = router.close_key(key, crate::api::close_hint(retry_ms));
+        metrics.emit(Event::AdminClosed { matched });
+        let Some(reply_to) = delivery.properties.reply_to().as_ref() else { return };
+        let reply = serde_json::json!({"instance": self.config.instance_id, "matched": matched}).to_string();
+        let mut props = BasicProperties::default().with_type(CLOSE_REPLY.into());
+        if let Some(c) = correlation {
+            props = props.with_correlation_id(c.as_str().into());
+        }
+        let sent = ch
+            .basic_publish("".into(), reply_to.as_str().into(), BasicPublishOptions::default(), reply.as_bytes(), props)
+            .await;
+        if let Err(e) = sent {
+            warn!(error = %e, "cannot reply to a cluster-wide close");
         }
     }
 }

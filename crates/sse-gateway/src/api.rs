@@ -10,10 +10,13 @@
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::command::{PublishCommand, SendCommand};
+use crate::command::{CloseCommand, CloseTarget, PublishCommand, SendCommand};
 use crate::deliver::{self, DeliveryError};
 use crate::error::{ApiError, ErrorCode};
-use crate::events::Ingress;
+use crate::events::{Event, Ingress};
+use crate::keys::{is_valid_key, query_param};
+use crate::retry::RetryHint;
+use crate::router::SendOutcome;
 use crate::routes::{Listener, Route};
 use crate::shared::Shared;
 
@@ -58,6 +61,96 @@ pub(crate) fn publish(shared: &Shared, body: &[u8]) -> Result<Value, ApiError> {
         .collect();
     let total: usize = results.iter().sum();
     Ok(if batch { json!({"matched": total, "results": results}) } else { json!({"matched": total}) })
+}
+
+/// Default and largest page of `GET /internal/streams`.
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 10_000;
+
+/// `GET /internal/streams?key=&limit=&after=`: one page of open streams in
+/// token order, and `next_after` for the next page (null on the last).
+pub(crate) fn streams(shared: &Shared, path_and_query: &str) -> Result<Value, ApiError> {
+    let key = query_param(path_and_query, "key");
+    if let Some(k) = &key
+        && !is_valid_key(k)
+    {
+        return Err(ApiError::new(ErrorCode::InvalidKey, "key must be a valid routing key"));
+    }
+    let limit = match query_param(path_and_query, "limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => l.parse::<usize>().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidLimit, format!("limit must be an integer from 1 to {MAX_LIMIT}"))
+        })?,
+    };
+    let after = match query_param(path_and_query, "after") {
+        None => None,
+        Some(t) => Some(
+            deliver::parse_token(&t)
+                .ok_or_else(|| ApiError::new(ErrorCode::InvalidToken, "after must be a token from next_after"))?,
+        ),
+    };
+    let (page, next) = shared.router.list(key.as_deref(), after, limit);
+    let streams: Vec<Value> = page
+        .iter()
+        .map(|s| {
+            json!({
+                "token": s.token.to_string(),
+                "request_id": s.request_id.as_deref(),
+                "keys": s.keys.iter().map(|k| k.as_ref()).collect::<Vec<&str>>(),
+                "peer": s.peer.map(|p| p.to_string()),
+                "connected_at": rfc3339(s.connected_at),
+                "queued_bytes": s.queued_bytes,
+                "events_sent": s.events_sent,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "instance": shared.config.instance_id,
+        "streams": streams,
+        "next_after": next.map(|t| t.to_string()),
+    }))
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// `POST /internal/close`: ends the streams of a key (on every instance,
+/// through the broker, when there is one) or one token, each after a
+/// `retry:` hint; their disconnect reason is `server_closed`.
+pub(crate) async fn close(shared: &Shared, body: &[u8]) -> Result<Value, ApiError> {
+    let cmd = CloseCommand::parse(body)?;
+    let hint = close_hint(cmd.retry_ms);
+    match cmd.target {
+        CloseTarget::Token(t) => {
+            // A pending stream counts too: it ends right after its connect decision.
+            let outcome = deliver::parse_token(&t).map(|token| shared.router.send(token, Some(hint()), true));
+            let matched = usize::from(matches!(outcome, Some(SendOutcome::Delivered | SendOutcome::Buffered)));
+            shared.metrics.emit(Event::AdminClosed { matched });
+            Ok(json!({"matched": matched}))
+        }
+        CloseTarget::Key(key) => match &shared.amqp {
+            None => {
+                let matched = shared.router.close_key(&key, hint);
+                shared.metrics.emit(Event::AdminClosed { matched });
+                Ok(json!({"matched": matched}))
+            }
+            Some(amqp) => {
+                let (matched, instances) = amqp.close_everywhere(&key, cmd.retry_ms).await.map_err(|e| {
+                    ApiError::new(ErrorCode::BrokerUnavailable, format!("cannot reach the other instances: {e}"))
+                })?;
+                Ok(json!({"matched": matched, "instances": instances}))
+            }
+        },
+    }
+}
+
+/// The last frame of a closed stream: a fixed `retry:` or a jittered one.
+pub(crate) fn close_hint(retry_ms: Option<u64>) -> impl Fn() -> bytes::Bytes {
+    move || match retry_ms {
+        Some(ms) => sse_wire::encode::retry(ms),
+        None => RetryHint::Closed.frame(),
+    }
 }
 
 fn delivery_error(e: DeliveryError) -> ApiError {

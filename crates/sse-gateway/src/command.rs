@@ -87,6 +87,63 @@ impl PublishCommand {
     }
 }
 
+/// What `POST /internal/close` ends: the streams bound to a key, or one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CloseTarget {
+    Key(String),
+    Token(String),
+}
+
+/// A validated close: its target and the optional fixed `retry:` delay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CloseCommand {
+    pub(crate) target: CloseTarget,
+    pub(crate) retry_ms: Option<u64>,
+}
+
+/// Largest `retry_ms` accepted (one day).
+const MAX_RETRY_MS: u64 = 86_400_000;
+
+impl CloseCommand {
+    /// Validates a `/internal/close` body: exactly one of `key` and `token`
+    /// (strings), and an optional integer `retry_ms`.
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let value = parse_json(body)?;
+        let obj = value.as_object().unwrap_or(&EMPTY);
+        let target = match (obj.get("key"), obj.get("token")) {
+            (Some(Value::String(k)), None) => {
+                if !is_valid_key(k) {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidKey,
+                        format!("key must be 1-{MAX_KEY_BYTES} bytes without whitespace or control characters"),
+                    ));
+                }
+                CloseTarget::Key(k.clone())
+            }
+            (None, Some(Value::String(t))) => CloseTarget::Token(t.clone()),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidCloseTarget,
+                    "give exactly one of key and token, as a string",
+                ));
+            }
+        };
+        let retry_ms = match obj.get("retry_ms") {
+            None => None,
+            Some(v) => match v.as_u64().filter(|ms| *ms <= MAX_RETRY_MS) {
+                Some(ms) => Some(ms),
+                None => {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRetryMs,
+                        format!("retry_ms must be an integer from 0 to {MAX_RETRY_MS}"),
+                    ));
+                }
+            },
+        };
+        Ok(Self { target, retry_ms })
+    }
+}
+
 static EMPTY: std::sync::LazyLock<serde_json::Map<String, Value>> = std::sync::LazyLock::new(serde_json::Map::new);
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
@@ -177,6 +234,19 @@ mod tests {
             PublishCommand::parse_batch(br#"{"key":"broadcast","event":{"name":"n","data":"1"}}"#).unwrap();
         assert!(!batch);
         assert_eq!(one[0].frame.as_deref(), Some(&b"data: {\"type\":\"n\",\"payload\":1}\n\n"[..]));
+    }
+
+    #[test]
+    fn close_needs_exactly_one_target_and_a_sane_retry() {
+        let code = |b: &str| CloseCommand::parse(b.as_bytes()).unwrap_err().code.as_str();
+        assert_eq!(code("{}"), "INVALID_CLOSE_TARGET");
+        assert_eq!(code(r#"{"key":"a","token":"b"}"#), "INVALID_CLOSE_TARGET");
+        assert_eq!(code(r#"{"key":1}"#), "INVALID_CLOSE_TARGET");
+        assert_eq!(code(r#"{"key":"a b"}"#), "INVALID_KEY");
+        assert_eq!(code(r#"{"key":"a","retry_ms":-1}"#), "INVALID_RETRY_MS");
+        assert_eq!(code(r#"{"key":"a","retry_ms":"5"}"#), "INVALID_RETRY_MS");
+        let c = CloseCommand::parse(br#"{"key":"subject.u","retry_ms":2500}"#).unwrap();
+        assert_eq!((c.target, c.retry_ms), (CloseTarget::Key("subject.u".into()), Some(2500)));
     }
 
     #[test]

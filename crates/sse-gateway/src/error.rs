@@ -47,6 +47,10 @@ pub(crate) enum ErrorCode {
     InvalidKeyMissing,
     InvalidKey,
     InvalidMessagesType,
+    InvalidLimit,
+    InvalidToken,
+    InvalidCloseTarget,
+    InvalidRetryMs,
     BadRequest,
     HeadersTooLarge,
     PayloadTooLarge,
@@ -62,6 +66,8 @@ pub(crate) enum ErrorCode {
     BackendUnavailable,
     ServiceNotConfigured,
     ShuttingDown,
+    /// The broker could not carry a cluster-wide admin command.
+    BrokerUnavailable,
     WriteFailed,
     InternalError,
     /// Not an HTTP answer: the broker could not bind a new stream's keys, so
@@ -103,6 +109,10 @@ impl ErrorCode {
             Self::InvalidKeyMissing => ("INVALID_KEY_MISSING", S::BAD_REQUEST, Client),
             Self::InvalidKey => ("INVALID_KEY", S::BAD_REQUEST, Client),
             Self::InvalidMessagesType => ("INVALID_MESSAGES_TYPE", S::BAD_REQUEST, Client),
+            Self::InvalidLimit => ("INVALID_LIMIT", S::BAD_REQUEST, Client),
+            Self::InvalidToken => ("INVALID_TOKEN", S::BAD_REQUEST, Client),
+            Self::InvalidCloseTarget => ("INVALID_CLOSE_TARGET", S::BAD_REQUEST, Client),
+            Self::InvalidRetryMs => ("INVALID_RETRY_MS", S::BAD_REQUEST, Client),
             Self::BadRequest => ("BAD_REQUEST", S::BAD_REQUEST, Client),
             Self::HeadersTooLarge => ("HEADERS_TOO_LARGE", S::REQUEST_HEADER_FIELDS_TOO_LARGE, Client),
             Self::PayloadTooLarge => ("PAYLOAD_TOO_LARGE", S::PAYLOAD_TOO_LARGE, Client),
@@ -117,6 +127,7 @@ impl ErrorCode {
             Self::BackendUnavailable => ("BACKEND_UNAVAILABLE", S::SERVICE_UNAVAILABLE, Backend),
             Self::ServiceNotConfigured => ("SERVICE_NOT_CONFIGURED", S::SERVICE_UNAVAILABLE, Internal),
             Self::ShuttingDown => ("SHUTTING_DOWN", S::SERVICE_UNAVAILABLE, Internal),
+            Self::BrokerUnavailable => ("BROKER_UNAVAILABLE", S::SERVICE_UNAVAILABLE, Broker),
             // The stream's client could not keep up; SSEGateway answers 500.
             Self::WriteFailed => ("WRITE_FAILED", S::INTERNAL_SERVER_ERROR, Client),
             Self::InternalError => ("INTERNAL_ERROR", S::INTERNAL_SERVER_ERROR, Internal),

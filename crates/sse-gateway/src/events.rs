@@ -55,6 +55,8 @@ impl Ingress {
 pub(crate) enum Endpoint {
     Send,
     Publish,
+    Streams,
+    Close,
 }
 
 impl Endpoint {
@@ -62,6 +64,8 @@ impl Endpoint {
         match self {
             Self::Send => "send",
             Self::Publish => "publish",
+            Self::Streams => "streams",
+            Self::Close => "close",
         }
     }
 }

@@ -140,6 +140,24 @@ async fn dispatch(
             };
             answered(shared, Endpoint::Publish, started, result)
         }
+        Route::Streams => {
+            let started = Instant::now();
+            let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            let result =
+                api::authorize(shared, listener, authorization()).and_then(|()| api::streams(shared, path_and_query));
+            answered(shared, Endpoint::Streams, started, result)
+        }
+        Route::Close => {
+            let started = Instant::now();
+            let result = match api::authorize(shared, listener, authorization()) {
+                Err(e) => Err(e),
+                Ok(()) => match read_body(shared, req).await {
+                    Ok(body) => api::close(shared, &body).await,
+                    Err(e) => Err(e),
+                },
+            };
+            answered(shared, Endpoint::Close, started, result)
+        }
         Route::Stream => stream(shared, abort, req).await,
         Route::App | Route::NotFound | Route::NotOnInternal | Route::MethodNotAllowed => {
             error(shared, &api::unserved(route, req.method(), req.uri().path()))

@@ -28,6 +28,10 @@ pub(crate) const METRICS: &str = "/metrics";
 pub(crate) const SEND: &str = "/internal/send";
 /// Publish to a routing key (extension).
 pub(crate) const PUBLISH: &str = "/internal/publish";
+/// List open streams (admin, extension).
+pub(crate) const STREAMS: &str = "/internal/streams";
+/// Close streams by key or token (admin, extension).
+pub(crate) const CLOSE: &str = "/internal/close";
 /// Everything under this prefix belongs to the gateway.
 const INTERNAL_PREFIX: &str = "/internal";
 
@@ -41,6 +45,8 @@ pub(crate) enum Route {
     Metrics,
     Send,
     Publish,
+    Streams,
+    Close,
     /// Opens an SSE stream.
     Stream,
     /// The embedding application's.
@@ -73,6 +79,8 @@ pub(crate) fn resolve(method: &Method, path: &str, listener: Listener, app_strea
         METRICS if get => return Route::Metrics,
         SEND if post => return Route::Send,
         PUBLISH if post => return Route::Publish,
+        STREAMS if get => return Route::Streams,
+        CLOSE if post => return Route::Close,
         _ => {}
     }
     let gateway_path = is_gateway_path(path);
@@ -105,6 +113,9 @@ mod tests {
         assert_eq!(r(Method::GET, "/internalx"), Route::Stream);
         assert_eq!(r(Method::GET, "/healthz"), Route::Health);
         assert_eq!(r(Method::POST, "/internal/send"), Route::Send);
+        assert_eq!(r(Method::GET, "/internal/streams"), Route::Streams);
+        assert_eq!(r(Method::POST, "/internal/close"), Route::Close);
+        assert_eq!(r(Method::GET, "/internal/close"), Route::NotFound);
         assert_eq!(r(Method::GET, "/internal/send"), Route::NotFound);
         assert_eq!(r(Method::GET, "/internal/other"), Route::NotFound);
         assert_eq!(r(Method::GET, "/internal"), Route::NotFound);

@@ -1,52 +1,17 @@
 //! Black-box tests of the fan-out engine: routing keys, `/internal/publish`,
 //! its access rule, the slow-consumer policy and the limits.
 
-use serde_json::{Value, json};
-use sse_testkit::{Backend, Process, Reply, SseClient, request, send_json, within};
+mod support;
+
+use serde_json::json;
+use sse_testkit::{Backend, Reply, SseClient, request, send_json, within};
 use sse_wire::Frame;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sse-gateway");
-
-async fn gateway(backend: &Backend, env: &[(&str, &str)]) -> Process {
-    let url = backend.callback_url();
-    let mut all = vec![
-        ("LISTEN_ADDR", "127.0.0.1:0"),
-        ("INTERNAL_LISTEN", "127.0.0.1:0"),
-        ("CALLBACK_URL", url.as_str()),
-        ("DEFAULT_BINDINGS", "broadcast,connection.{request_id}"),
-    ];
-    all.extend_from_slice(env);
-    Process::spawn(BIN, &[], &all).await
-}
-
-async fn stream(gw: &Process, backend: &Backend, path: &str) -> (SseClient, String) {
-    let mut c = SseClient::open(gw.addr, path, &[]).await;
-    let token = backend.expect("connect").await.token();
-    assert_eq!(c.next_event().await.event_type, "ready");
-    (c, token)
-}
-
-async fn publish(gw: &Process, body: Value) -> (u16, Value) {
-    let r = send_json(gw.internal_addr(), "/internal/publish", &body).await;
-    (r.status, r.json())
-}
-
-fn event(name: &str, data: &str) -> Value {
-    json!({"name": name, "data": data})
-}
-
-async fn metric(gw: &Process, line_prefix: &str) -> f64 {
-    let r = request(gw.internal_addr(), "GET", "/metrics", &[], b"").await;
-    let text = String::from_utf8_lossy(&r.body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("metric {line_prefix} not found in:\n{text}"))
-}
+use support::{DEFAULT_BINDINGS, event, gateway, metric, publish, stream};
 
 #[tokio::test]
 async fn publish_broadcast_reaches_every_stream_once() {
     let backend = Backend::start().await;
-    let gw = gateway(&backend, &[]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS]).await;
     let mut clients = Vec::new();
     for i in 0..5 {
         clients.push(stream(&gw, &backend, &format!("/s?request_id=r{i}")).await.0);
@@ -64,7 +29,7 @@ async fn publish_broadcast_reaches_every_stream_once() {
 #[tokio::test]
 async fn publish_to_connection_key_reaches_only_that_request_id() {
     let backend = Backend::start().await;
-    let gw = gateway(&backend, &[]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS]).await;
     let (mut a, _) = stream(&gw, &backend, "/s?request_id=alpha").await;
     let (mut b, _) = stream(&gw, &backend, "/s?request_id=beta").await;
     let (_, body) = publish(&gw, json!({"key": "connection.beta", "event": event("only", "\"b\"")})).await;
@@ -81,7 +46,7 @@ async fn bindings_from_the_connect_answer_replace_the_defaults() {
         r#"{"request_id":"r1","subject":"alice","bindings":["subject.alice","role.admin"]}"#,
     ))
     .await;
-    let gw = gateway(&backend, &[]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS]).await;
     let (mut alice, _) = stream(&gw, &backend, "/s?request_id=r1").await;
     backend.auto(Reply::ok(r#"{"request_id":"r2","bindings":["subject.bob"]}"#));
     let (mut bob, _) = stream(&gw, &backend, "/s?request_id=r2").await;
@@ -101,7 +66,7 @@ async fn bindings_from_the_connect_answer_replace_the_defaults() {
 #[tokio::test]
 async fn publish_to_a_key_with_no_streams_matches_zero() {
     let backend = Backend::start().await;
-    let gw = gateway(&backend, &[]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS]).await;
     let (status, body) = publish(&gw, json!({"key": "subject.nobody", "event": event("x", "1")})).await;
     assert_eq!((status, body), (200, json!({"matched": 0})));
 }
@@ -109,7 +74,7 @@ async fn publish_to_a_key_with_no_streams_matches_zero() {
 #[tokio::test]
 async fn batch_publish_delivers_in_order_and_reports_each_match() {
     let backend = Backend::start().await;
-    let gw = gateway(&backend, &[]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS]).await;
     let (mut c, _) = stream(&gw, &backend, "/s?request_id=q").await;
     let (status, body) = publish(
         &gw,
@@ -128,7 +93,7 @@ async fn batch_publish_delivers_in_order_and_reports_each_match() {
 #[tokio::test]
 async fn publish_validation_errors_are_400_and_nothing_is_delivered() {
     let backend = Backend::start().await;
-    let gw = gateway(&backend, &[]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS]).await;
     let (mut c, token) = stream(&gw, &backend, "/s").await;
     let cases = [
         ("INVALID_JSON", "{".to_owned()),
@@ -166,7 +131,7 @@ async fn publish_validation_errors_are_400_and_nothing_is_delivered() {
 #[tokio::test]
 async fn publish_on_the_public_port_needs_the_secret() {
     let backend = Backend::start().await;
-    let open_gw = gateway(&backend, &[]).await;
+    let open_gw = gateway(&backend, &[DEFAULT_BINDINGS]).await;
     let body = json!({"key": "broadcast", "event": event("x", "1")}).to_string();
     let headers = [("Content-Type", "application/json")];
     let r = request(open_gw.addr, "POST", "/internal/publish", &headers, body.as_bytes()).await;
@@ -174,7 +139,7 @@ async fn publish_on_the_public_port_needs_the_secret() {
     let r = request(open_gw.addr, "GET", "/metrics", &[], b"").await;
     assert_eq!(r.status, 403, "metrics are internal too");
 
-    let gw = gateway(&backend, &[("INTERNAL_API_SECRET", "t0p-secret")]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS, ("INTERNAL_API_SECRET", "t0p-secret")]).await;
     let r = request(gw.addr, "POST", "/internal/publish", &headers, body.as_bytes()).await;
     assert_eq!((r.status, r.json()["error"]["code"].clone()), (401, json!("UNAUTHORIZED")));
     let wrong = [("Content-Type", "application/json"), ("Authorization", "Bearer t0p-secreT")];
@@ -188,7 +153,7 @@ async fn publish_on_the_public_port_needs_the_secret() {
 #[tokio::test]
 async fn internal_send_works_on_both_listeners() {
     let backend = Backend::start().await;
-    let gw = gateway(&backend, &[]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS]).await;
     let (mut c, token) = stream(&gw, &backend, "/s").await;
     for (addr, n) in [(gw.addr, 1), (gw.internal_addr(), 2)] {
         let r = send_json(addr, "/internal/send", &json!({"token": token, "event": event("n", &n.to_string())})).await;
@@ -202,7 +167,7 @@ async fn internal_send_works_on_both_listeners() {
 #[tokio::test]
 async fn publish_with_close_ends_matched_streams_with_server_closed() {
     let backend = Backend::start().await;
-    let gw = gateway(&backend, &[]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS]).await;
     let (mut c, token) = stream(&gw, &backend, "/s?request_id=bye").await;
     let (_, body) = publish(&gw, json!({"key": "connection.bye", "event": event("last", "1"), "close": true})).await;
     assert_eq!(body, json!({"matched": 1}));
@@ -217,7 +182,7 @@ async fn publish_with_close_ends_matched_streams_with_server_closed() {
 #[tokio::test]
 async fn client_that_never_reads_is_closed_and_counted_while_others_keep_receiving() {
     let backend = Backend::start().await;
-    let gw = gateway(&backend, &[("STREAM_QUEUE_BYTES", "262144")]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS, ("STREAM_QUEUE_BYTES", "262144")]).await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(gw.addr).await.unwrap();
@@ -253,7 +218,7 @@ async fn client_that_never_reads_is_closed_and_counted_while_others_keep_receivi
 #[tokio::test]
 async fn beyond_max_connections_a_stream_gets_a_retry_hint_and_ends() {
     let backend = Backend::start().await;
-    let gw = gateway(&backend, &[("MAX_CONNECTIONS", "2")]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS, ("MAX_CONNECTIONS", "2")]).await;
     let _a = stream(&gw, &backend, "/s").await;
     let _b = stream(&gw, &backend, "/s").await;
     let mut c = SseClient::open(gw.addr, "/s", &[]).await;
@@ -270,7 +235,7 @@ async fn beyond_max_connections_a_stream_gets_a_retry_hint_and_ends() {
 #[tokio::test]
 async fn oversized_request_head_is_431_with_a_json_error() {
     let backend = Backend::start().await;
-    let gw = gateway(&backend, &[("MAX_HEADER_BYTES", "4096")]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS, ("MAX_HEADER_BYTES", "4096")]).await;
     let big = "c".repeat(8000);
     let r = request(gw.addr, "GET", "/s", &[("Cookie", &big)], b"").await;
     assert_eq!(r.status, 431);
@@ -284,7 +249,7 @@ async fn oversized_request_head_is_431_with_a_json_error() {
 async fn a_stream_after_another_request_on_a_kept_alive_connection_works() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = Backend::start().await;
-    let gw = gateway(&backend, &[]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS]).await;
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 1024];
@@ -304,7 +269,7 @@ async fn a_stream_after_another_request_on_a_kept_alive_connection_works() {
 #[tokio::test]
 async fn metrics_cover_publish_delivery_bytes_and_callback_latency() {
     let backend = Backend::start().await;
-    let gw = gateway(&backend, &[]).await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS]).await;
     let (mut a, _) = stream(&gw, &backend, "/s?request_id=a").await;
     let (mut b, _) = stream(&gw, &backend, "/s?request_id=b").await;
     publish(&gw, json!({"key": "broadcast", "event": event("m", "1")})).await;

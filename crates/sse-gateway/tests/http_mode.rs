@@ -2,37 +2,12 @@
 //! `sse-gateway` binary on port 0, a real callback backend, raw TCP clients.
 //! One test per behaviour of `docs/PROTOCOL.md`, named after it.
 
-use std::net::SocketAddr;
+mod support;
 
 use serde_json::{Value, json};
 use sse_testkit::{Backend, Process, Reply, SseClient, request, send_json, within};
 use sse_wire::Frame;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sse-gateway");
-const READY: &[u8] = b"event: ready\ndata:\n\n";
-
-async fn gateway(backend: &Backend, env: &[(&str, &str)]) -> Process {
-    let url = backend.callback_url();
-    let mut all =
-        vec![("LISTEN_ADDR", "127.0.0.1:0"), ("INTERNAL_LISTEN", "127.0.0.1:0"), ("CALLBACK_URL", url.as_str())];
-    all.extend_from_slice(env);
-    Process::spawn(BIN, &[], &all).await
-}
-
-/// Opens a stream that the backend accepts, returns it and its token.
-async fn open_stream(gw: &Process, backend: &Backend, path: &str) -> (SseClient, String) {
-    let mut client = SseClient::open(gw.addr, path, &[]).await;
-    let call = backend.expect("connect").await;
-    assert_eq!(client.head.status, 200);
-    let ready = client.next_event().await;
-    assert_eq!(ready.event_type, "ready");
-    (client, call.token())
-}
-
-async fn send(addr: SocketAddr, body: Value) -> (u16, Value) {
-    let r = send_json(addr, "/internal/send", &body).await;
-    (r.status, r.json())
-}
+use support::{BIN, READY, gateway, metric, metric_value, send, stream, wait_for_metric};
 
 fn assert_error(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "body: {body}");
@@ -124,7 +99,7 @@ async fn accepted_stream_has_sse_headers_cors_chunked_encoding_then_ready() {
 async fn named_event_is_written_in_type_payload_envelope() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (mut client, token) = open_stream(&gw, &backend, "/s").await;
+    let (mut client, token) = stream(&gw, &backend, "/s").await;
     let (status, body) =
         send(gw.addr, json!({"token": token, "event": {"name": "task_event", "data": "{\"a\": 1}"}})).await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
@@ -137,7 +112,7 @@ async fn named_event_is_written_in_type_payload_envelope() {
 async fn unnamed_event_splits_data_on_crlf_cr_and_lf() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (mut client, token) = open_stream(&gw, &backend, "/s").await;
+    let (mut client, token) = stream(&gw, &backend, "/s").await;
     let (status, _) = send(gw.addr, json!({"token": token, "event": {"data": "a\r\nb\rc\nd"}})).await;
     assert_eq!(status, 200);
     let ev = client.next_event().await;
@@ -149,7 +124,7 @@ async fn unnamed_event_splits_data_on_crlf_cr_and_lf() {
 async fn named_event_with_empty_data_has_null_payload() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (mut client, token) = open_stream(&gw, &backend, "/s").await;
+    let (mut client, token) = stream(&gw, &backend, "/s").await;
     send(gw.addr, json!({"token": token, "event": {"name": "ping", "data": ""}})).await;
     let ev = client.next_event().await;
     assert_eq!(serde_json::from_str::<Value>(&ev.data).unwrap(), json!({"type": "ping", "payload": null}));
@@ -159,7 +134,7 @@ async fn named_event_with_empty_data_has_null_payload() {
 async fn named_event_with_multiline_data_stays_one_valid_json_message() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (mut client, token) = open_stream(&gw, &backend, "/s").await;
+    let (mut client, token) = stream(&gw, &backend, "/s").await;
     send(gw.addr, json!({"token": token, "event": {"name": "n", "data": "{\r\n \"a\": [1,\r 2]\n}"}})).await;
     let ev = client.next_event().await;
     assert_eq!(serde_json::from_str::<Value>(&ev.data).unwrap(), json!({"type": "n", "payload": {"a": [1, 2]}}));
@@ -172,7 +147,7 @@ async fn named_event_with_multiline_data_stays_one_valid_json_message() {
 async fn events_named_ready_or_rejected_are_enveloped_like_any_other() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (mut client, token) = open_stream(&gw, &backend, "/s").await;
+    let (mut client, token) = stream(&gw, &backend, "/s").await;
     for name in ["ready", "rejected"] {
         send(gw.addr, json!({"token": token, "event": {"name": name, "data": "{}"}})).await;
         let ev = client.next_event().await;
@@ -344,7 +319,7 @@ async fn client_leaving_during_the_callback_opens_nothing_and_reports_client_clo
 async fn send_validation_errors_are_400_with_their_codes_and_the_stream_stays_intact() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (mut client, token) = open_stream(&gw, &backend, "/s").await;
+    let (mut client, token) = stream(&gw, &backend, "/s").await;
     let t = token.as_str();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("INVALID_JSON", b"{not json".to_vec()),
@@ -376,7 +351,7 @@ async fn send_validation_errors_are_400_with_their_codes_and_the_stream_stays_in
 async fn send_body_over_the_limit_is_413() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (_client, token) = open_stream(&gw, &backend, "/s").await;
+    let (_client, token) = stream(&gw, &backend, "/s").await;
     let big = "x".repeat(1024 * 1024);
     let r = send_json(gw.addr, "/internal/send", &json!({"token": token, "event": {"data": big}})).await;
     assert_eq!(r.status, 413);
@@ -402,7 +377,7 @@ async fn send_to_unknown_token_is_404() {
 async fn close_command_writes_the_event_then_ends_with_server_closed() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (mut client, token) = open_stream(&gw, &backend, "/s").await;
+    let (mut client, token) = stream(&gw, &backend, "/s").await;
     let (status, body) =
         send(gw.addr, json!({"token": token, "event": {"name": "last", "data": "1"}, "close": true})).await;
     assert_eq!((status, body), (200, json!({"status": "ok"})));
@@ -419,7 +394,7 @@ async fn close_command_writes_the_event_then_ends_with_server_closed() {
 async fn client_closing_the_stream_reports_client_closed_once() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (client, token) = open_stream(&gw, &backend, "/s?request_id=x").await;
+    let (client, token) = stream(&gw, &backend, "/s?request_id=x").await;
     client.close().await;
     let d = backend.expect("disconnect").await;
     assert_eq!((d.token(), d.body["reason"].clone()), (token.clone(), json!("client_closed")));
@@ -427,6 +402,71 @@ async fn client_closing_the_stream_reports_client_closed_once() {
     assert_eq!(send(gw.addr, json!({"token": token, "event": {"data": "x"}})).await.0, 404);
     let rest = stop(gw, &backend).await;
     assert!(rest.is_empty(), "exactly one disconnect callback");
+}
+
+const DISCONNECT_FAILED: &str = "sse_gateway_callbacks_total{action=\"disconnect\",outcome=\"failed\"}";
+const DISCONNECT_OK: &str = "sse_gateway_callbacks_total{action=\"disconnect\",outcome=\"ok\"}";
+const ACTIVE: &str = "sse_gateway_active_connections";
+
+#[tokio::test]
+async fn disconnect_callbacks_to_a_slow_backend_time_out_and_the_gateway_stays_healthy() {
+    let backend = Backend::start().await;
+    let gw = gateway(&backend, &[("CALLBACK_TIMEOUT_MS", "300")]).await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(stream(&gw, &backend, &format!("/s?request_id=slow{i}")).await.0);
+    }
+    backend.answer_disconnects(Reply { delay: std::time::Duration::from_secs(60), ..Reply::ok("{}") });
+    for c in clients {
+        c.close().await;
+    }
+    for _ in 0..3 {
+        assert_eq!(backend.expect("disconnect").await.body["reason"], "client_closed", "each end was reported");
+    }
+    wait_for_metric(&gw, DISCONNECT_FAILED, 3.0).await;
+    assert_eq!(metric(&gw, ACTIVE).await, 0.0, "no stream is left behind");
+    assert_eq!(request(gw.addr, "GET", "/healthz", &[], b"").await.status, 200);
+    assert_eq!(request(gw.addr, "GET", "/readyz", &[], b"").await.status, 200);
+
+    // Streams still open and end normally once the backend answers in time.
+    backend.answer_disconnects(Reply::ok("{}"));
+    let (c, token) = stream(&gw, &backend, "/s?request_id=after").await;
+    c.close().await;
+    assert_eq!(backend.expect("disconnect").await.token(), token);
+    wait_for_metric(&gw, DISCONNECT_OK, 1.0).await;
+    assert_eq!(metric(&gw, DISCONNECT_FAILED).await, 3.0);
+    wait_for_metric(&gw, ACTIVE, 0.0).await;
+}
+
+#[tokio::test]
+async fn disconnect_callbacks_to_a_backend_that_is_down_fail_and_streams_work_again_when_it_is_back() {
+    let backend = Backend::start().await;
+    let gw = gateway(&backend, &[("CALLBACK_TIMEOUT_MS", "1000")]).await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(stream(&gw, &backend, &format!("/s?request_id=down{i}")).await.0);
+    }
+    let down = backend.shutdown().await;
+    for c in clients {
+        c.close().await;
+    }
+    wait_for_metric(&gw, DISCONNECT_FAILED, 3.0).await;
+    assert_eq!(metric_value(&gw, DISCONNECT_OK).await.unwrap_or(0.0), 0.0);
+    assert_eq!(metric(&gw, ACTIVE).await, 0.0, "no stream is left behind");
+    assert_eq!(request(gw.addr, "GET", "/healthz", &[], b"").await.status, 200);
+    let refused = request(gw.addr, "GET", "/s?request_id=while-down", &[], b"").await;
+    assert_eq!(refused.status, 503, "a new stream while the backend is down");
+    assert_error(&refused.json(), "BACKEND_UNAVAILABLE");
+
+    let backend = down.restart();
+    let (mut c, token) = stream(&gw, &backend, "/s?request_id=back").await;
+    send(gw.addr, json!({"token": token, "event": {"name": "n", "data": "1"}})).await;
+    assert_eq!(c.next_event().await.data, r#"{"type":"n","payload":1}"#);
+    c.close().await;
+    let d = backend.expect("disconnect").await;
+    assert_eq!((d.token(), d.body["reason"].clone()), (token, json!("client_closed")));
+    wait_for_metric(&gw, DISCONNECT_OK, 1.0).await;
+    wait_for_metric(&gw, ACTIVE, 0.0).await;
 }
 
 #[tokio::test]
@@ -460,14 +500,23 @@ async fn slow_client_is_closed_with_error_callback_and_counted() {
 }
 
 #[tokio::test]
-async fn heartbeat_comment_is_written_every_interval() {
+async fn heartbeat_comment_is_written_once_per_interval_not_more_often() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[("HEARTBEAT_INTERVAL_SECONDS", "1")]).await;
-    let (mut client, _) = open_stream(&gw, &backend, "/s").await;
-    for _ in 0..2 {
-        assert_eq!(client.next_frame().await, Frame::Comment("heartbeat".into()));
+    let (mut client, _) = stream(&gw, &backend, "/s").await;
+    // One ticker serves every stream, so the first beat comes 0-1 s after
+    // `ready`; in 4.5 s a 1 s cadence gives 4 or 5 beats. The bounds leave
+    // room for a loaded machine (a late tick) but not for a second ticker,
+    // a beat per write or a burst.
+    let window = std::time::Duration::from_millis(4500);
+    let started = tokio::time::Instant::now();
+    let mut beats = 0;
+    while let Some(frame) = client.frame_within(window.saturating_sub(started.elapsed())).await {
+        assert_eq!(frame, Frame::Comment("heartbeat".into()), "only heartbeats on an idle stream");
+        beats += 1;
     }
-    assert_eq!(&client.raw()[READY.len()..], b": heartbeat\n\n: heartbeat\n\n");
+    assert!((3..=6).contains(&beats), "{beats} heartbeats in {window:?} at a 1 s interval");
+    assert_eq!(&client.raw()[READY.len()..], b": heartbeat\n\n".repeat(beats).as_slice(), "byte-exact comments");
 }
 
 #[tokio::test]
@@ -500,8 +549,8 @@ async fn head_is_treated_like_get() {
 async fn two_concurrent_streams_with_different_tokens_get_only_their_events() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (mut a, ta) = open_stream(&gw, &backend, "/a").await;
-    let (mut b, tb) = open_stream(&gw, &backend, "/b").await;
+    let (mut a, ta) = stream(&gw, &backend, "/a").await;
+    let (mut b, tb) = stream(&gw, &backend, "/b").await;
     assert_ne!(ta, tb);
     send(gw.addr, json!({"token": tb, "event": {"name": "for", "data": "\"b\""}})).await;
     send(gw.addr, json!({"token": ta, "event": {"name": "for", "data": "\"a\""}})).await;
@@ -514,7 +563,7 @@ async fn two_concurrent_streams_with_different_tokens_get_only_their_events() {
 async fn hundred_events_arrive_in_order() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (mut client, token) = open_stream(&gw, &backend, "/s").await;
+    let (mut client, token) = stream(&gw, &backend, "/s").await;
     for i in 0..100 {
         let (status, _) = send(gw.addr, json!({"token": token, "event": {"name": "n", "data": i.to_string()}})).await;
         assert_eq!(status, 200);
@@ -528,7 +577,7 @@ async fn hundred_events_arrive_in_order() {
 async fn metrics_count_streams_and_callbacks() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (_client, _) = open_stream(&gw, &backend, "/s").await;
+    let (_client, _) = stream(&gw, &backend, "/s").await;
     let r = request(gw.internal_addr(), "GET", "/metrics", &[], b"").await;
     let text = String::from_utf8_lossy(&r.body);
     assert!(text.contains("sse_gateway_active_connections 1"), "{text}");
@@ -540,7 +589,7 @@ async fn metrics_count_streams_and_callbacks() {
 async fn callback_secret_never_appears_in_logs() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[]).await;
-    let (client, _) = open_stream(&gw, &backend, "/s").await;
+    let (client, _) = stream(&gw, &backend, "/s").await;
     client.close().await;
     backend.expect("disconnect").await;
     let lines = gw.stderr();

@@ -1,11 +1,12 @@
 //! Black-box tests of the gateway process: configuration, `--help`, and the
 //! graceful drain on SIGTERM/SIGINT.
 
+mod support;
+
 use serde_json::json;
 use sse_testkit::{Backend, Process, SseClient, request, send_json, within};
 use sse_wire::Frame;
-
-const BIN: &str = env!("CARGO_BIN_EXE_sse-gateway");
+use support::{BIN, stream};
 
 async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = tokio::process::Command::new(BIN);
@@ -93,9 +94,8 @@ async fn drain_on(signal: i32) {
     let mut clients = Vec::new();
     let mut tokens = Vec::new();
     for _ in 0..3 {
-        let mut c = SseClient::open(gw.addr, "/s", &[]).await;
-        tokens.push(backend.expect("connect").await.token());
-        assert_eq!(c.next_event().await.event_type, "ready");
+        let (c, token) = stream(&gw, &backend, "/s").await;
+        tokens.push(token);
         clients.push(c);
     }
     gw.signal(signal);

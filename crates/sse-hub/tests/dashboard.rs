@@ -1,10 +1,11 @@
 //! Browser test: the real `sse-hub` binary (temp data dir, MQTT on the test
 //! Mosquitto with a topic unique to this run) and its dashboard in headless
 //! Debian chromium driven by `browser-test/dashboard.mjs` (playwright-core).
-//! The page starts a task and watches its progress bar complete, subscribes
-//! to a device; then this test appends a lease to the file and publishes a
+//! The page starts a task and watches its progress bar show a step midway and
+//! then complete, subscribes to a device; then this test appends a lease to the file and publishes a
 //! log line to Mosquitto, and the page must show both. The screenshot path is
-//! printed (`screenshot: ...`) for CI to keep.
+//! printed (`screenshot: ...`) for CI to keep. Any error the page reports (an
+//! uncaught exception, a console error) fails the run.
 //!
 //! Fails (never skips) when node, chromium, the npm packages (installed here
 //! with `npm ci` when missing) or the broker are missing.
@@ -100,7 +101,15 @@ async fn dashboard_shows_a_new_lease_a_task_started_from_the_page_and_a_publishe
         eprintln!("node stderr: {l}");
     }
     assert!(status.success(), "dashboard.mjs failed ({status}); stderr: {errors:#?}");
-    for want in ["task completed", "subscribed", "lease shown", "log line shown", "dashboard ok"] {
+    for want in [
+        "progress midway",
+        "task completed",
+        "subscribed",
+        "lease shown",
+        "log line shown",
+        "no page errors",
+        "dashboard ok",
+    ] {
         assert!(lines.iter().any(|l| l == want), "missing {want:?} in {lines:?}");
     }
     let shot_line = lines.iter().find(|l| l.starts_with("screenshot: ")).expect("screenshot line");

@@ -1,11 +1,16 @@
 //! Black-box: device logs through the real `sse-hub` binary, from the real
 //! Mosquitto (`SSE_TEST_MQTT_URL`, required: the test fails without it) on a
 //! topic unique to this run, and through the HTTP ingest route without a
-//! broker. Logs reach subscribed streams only.
+//! broker. Logs reach subscribed streams only. A private Mosquitto
+//! (`MosquittoNode`) is restarted under a running hub to show that the hub
+//! resubscribes and logs flow again.
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::json;
+use sse_testkit::MosquittoNode;
 use support::{Hub, mqtt_publish, mqtt_url, next_app, wait_for};
 
 #[tokio::test]
@@ -78,4 +83,39 @@ async fn http_ingest_works_without_a_broker_and_subscribe_errors_have_their_stat
     assert_eq!((r.status, r.json()["code"].as_str()), (404, Some("RECORD_NOT_FOUND")));
     let r = hub.post("/api/device-logs/subscribe", &json!({"request_id": "ha", "device_id": 3})).await;
     assert_eq!(r.status, 400, "unknown fields and missing device_entity_id are refused");
+}
+
+/// How long after the broker is back the hub may take to resubscribe: its
+/// reconnect backoff doubles from 0.5 s up to 30 s, so the next attempt can
+/// be up to 30 s away, plus the attempt itself on a loaded machine.
+const RESUBSCRIBE_WAIT: Duration = Duration::from_secs(30 + 15);
+
+#[tokio::test]
+async fn after_a_broker_restart_the_hub_resubscribes_and_logs_flow_again() {
+    let mut broker = MosquittoNode::start().await;
+    let url = broker.url();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let topic = format!("sse-hub-test/{run}/logsink");
+    let client_id = format!("sse-hub-restart-{run}");
+    let hub = Hub::start(&["--mqtt-url", &url, "--mqtt-topic", &topic, "--mqtt-client-id", &client_id], &[]).await;
+    hub.process.wait_for_log("subscribed to the log topic").await;
+    let (mut c, _) = hub.open("restart").await;
+    let sub = json!({"request_id": "restart", "device_entity_id": "sensor.restart"});
+    assert_eq!(hub.post("/api/device-logs/subscribe", &sub).await.status, 200);
+    mqtt_publish(&url, &topic, b"{\"entity_id\":\"sensor.restart\",\"message\":\"before\"}\n").await;
+    let (ty, p) = next_app(&mut c).await;
+    assert_eq!((ty.as_str(), &p["logs"][0]["message"]), ("device-logs", &json!("before")));
+
+    // The broker keeps no state across the restart (persistence off): only a
+    // new SUBSCRIBE from the hub makes the topic reach it again.
+    broker.stop().await;
+    hub.process.wait_for_log("MQTT connection failed").await;
+    assert_eq!(hub.metric("sse_hub_mqtt_connected").await, 0.0);
+    broker.boot().await;
+    hub.process.wait_for_logs_within("subscribed to the log topic", 2, RESUBSCRIBE_WAIT).await;
+    assert_eq!(hub.metric("sse_hub_mqtt_connected").await, 1.0);
+
+    mqtt_publish(&url, &topic, b"{\"entity_id\":\"sensor.restart\",\"message\":\"after\"}\n").await;
+    let (ty, p) = next_app(&mut c).await;
+    assert_eq!((ty.as_str(), &p["logs"][0]["message"]), ("device-logs", &json!("after")), "{}", broker.log());
 }

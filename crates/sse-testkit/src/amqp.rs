@@ -77,25 +77,34 @@ impl AmqpPublisher {
 }
 
 /// A RabbitMQ node of the test's own (loopback, throwaway data dir), for
-/// tests that stop and restart the broker.
+/// tests that stop and restart the broker. Its AMQP port is chosen free when
+/// it starts and kept across restarts, so a client reconnects to the same URL.
+/// Every wait is async: nothing blocks the test's runtime while the node
+/// starts or stops (only [`Drop`], which must not leave a node behind).
 pub struct RabbitNode {
     dir: PathBuf,
     name: String,
     port: u16,
-    server: std::sync::Mutex<Option<std::process::Child>>,
+    dist_port: u16,
+    server: tokio::sync::Mutex<Option<tokio::process::Child>>,
 }
 
+/// How long a node may take to start on a loaded machine.
+const RABBIT_BOOT: Duration = Duration::from_secs(90);
+
 impl RabbitNode {
-    /// Starts a node on `port` (below 32768) and waits until it is up.
-    pub fn start(port: u16) -> RabbitNode {
+    /// Starts a node on free loopback ports and waits until it accepts work.
+    pub async fn start() -> RabbitNode {
         let dir = std::env::temp_dir().join(format!("sse-rabbit-{}", uuid::Uuid::new_v4().simple()));
         for sub in ["mnesia", "log", "home"] {
             std::fs::create_dir_all(dir.join(sub)).expect("node dirs");
         }
         std::fs::write(dir.join("rabbitmq.conf"), "").expect("conf");
         std::fs::write(dir.join("enabled_plugins"), "[].").expect("plugins");
-        let node = RabbitNode { name: format!("sse{port}@localhost"), dir, port, server: Default::default() };
-        node.boot();
+        let [port, dist_port] = crate::free_ports();
+        let node =
+            RabbitNode { name: format!("sse{port}@localhost"), dir, port, dist_port, server: Default::default() };
+        node.boot().await;
         node
     }
 
@@ -104,60 +113,74 @@ impl RabbitNode {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    fn env(&self, cmd: &mut Command) {
+    fn command(&self, program: &str) -> Command {
         let d = &self.dir;
+        let mut cmd = Command::new(program);
         cmd.env("HOME", d.join("home"))
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
             .env("RABBITMQ_NODENAME", &self.name)
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
-            .env("RABBITMQ_DIST_PORT", (self.port + 20000).to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", d.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", d.join("log"))
             .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", d.join("enabled_plugins"))
             .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-kernel inet_dist_use_interface {127,0,0,1}");
+        cmd
     }
 
-    fn ctl(&self, args: &[&str]) -> bool {
-        let mut cmd = Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl");
+    fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.command("/usr/lib/rabbitmq/bin/rabbitmqctl");
         cmd.arg("-q").arg("-n").arg(&self.name).args(args);
-        self.env(&mut cmd);
-        cmd.output().map(|o| o.status.success()).unwrap_or(false)
+        cmd
     }
 
-    /// (Re)starts the node and waits (up to 60 s) until it accepts work.
-    pub fn boot(&self) {
-        let mut cmd = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
-        self.env(&mut cmd);
+    async fn ctl(&self, args: &[&str]) -> bool {
+        let out = tokio::process::Command::from(self.ctl_command(args)).output().await;
+        out.map(|o| o.status.success()).unwrap_or(false)
+    }
+
+    /// (Re)starts the node and waits until it accepts work.
+    pub async fn boot(&self) {
+        let mut cmd = self.command("/usr/lib/rabbitmq/bin/rabbitmq-server");
         let log = std::fs::File::create(self.dir.join("server.log")).expect("log file");
         cmd.stdout(log.try_clone().expect("log")).stderr(log).stdin(std::process::Stdio::null());
-        let child = cmd.spawn().expect("start rabbitmq-server (is the rabbitmq-server package installed?)");
-        *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !self.ctl(&["await_startup", "--timeout", "5"]) {
-            assert!(std::time::Instant::now() < deadline, "RabbitMQ node {} did not start", self.name);
-            std::thread::sleep(Duration::from_millis(300));
+        let child = tokio::process::Command::from(cmd)
+            .spawn()
+            .expect("start rabbitmq-server (is the rabbitmq-server package installed?)");
+        *self.server.lock().await = Some(child);
+        let deadline = tokio::time::Instant::now() + RABBIT_BOOT;
+        // `await_startup` itself waits (up to 5 s) for the node to come up.
+        while !self.ctl(&["await_startup", "--timeout", "5"]).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "RabbitMQ node {} did not start within {RABBIT_BOOT:?}; log: {}",
+                self.name,
+                std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// Stops the node (its data stays for the next [`RabbitNode::boot`]).
-    pub fn stop(&self) {
-        assert!(self.ctl(&["stop"]), "stopping RabbitMQ node {}", self.name);
-        self.reap();
-    }
-
-    fn reap(&self) {
-        if let Some(mut child) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = child.wait();
+    pub async fn stop(&self) {
+        assert!(self.ctl(&["stop"]).await, "stopping RabbitMQ node {}", self.name);
+        if let Some(mut child) = self.server.lock().await.take() {
+            let _ = child.wait().await;
         }
     }
 }
 
 impl Drop for RabbitNode {
     fn drop(&mut self) {
-        if self.ctl(&["stop"]) {
-            self.reap();
+        // Synchronous on purpose: a test that ends (or panics) must not leave
+        // its node running, and Drop cannot await.
+        let stopped = self.ctl_command(&["stop"]).output().is_ok_and(|o| o.status.success());
+        if let Some(child) = self.server.get_mut().as_mut()
+            && !stopped
+        {
+            let _ = child.start_kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

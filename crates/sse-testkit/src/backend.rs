@@ -1,9 +1,16 @@
 //! A scriptable callback backend: a real HTTP server on 127.0.0.1:0.
 //!
 //! Every request body is recorded as JSON. Disconnect callbacks (and anything
-//! else that is not `action: connect`) are answered 200 `{}` at once. Connect
+//! else that is not `action: connect`) are answered 200 `{}` at once, or with
+//! the reply set by [`Backend::answer_disconnects`] (e.g. a slow one). Connect
 //! callbacks are answered with the current automatic [`Reply`], or, in manual
 //! mode, handed to the test, which answers when it chooses.
+//!
+//! Dropping the backend (or [`Backend::shutdown`]) closes its listener *and*
+//! every connection it accepted, so a client's pooled keep-alive connection
+//! fails like one to a server that went down. [`Backend::shutdown`] keeps the
+//! port reserved (bound, not listening: connections are refused) for
+//! [`Backend::restart`], so nothing else can take it meanwhile.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,7 +23,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::within;
@@ -79,17 +86,21 @@ enum Mode {
     Manual,
 }
 
-/// The running backend. Dropping it stops the server.
+/// The running backend. Dropping it stops the server and its connections.
 pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     mode: Arc<Mutex<Mode>>,
+    others: Arc<Mutex<Reply>>,
     calls: tokio::sync::Mutex<mpsc::UnboundedReceiver<Call>>,
+    stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
+        // The accept task owns the connection tasks (a JoinSet): aborting it
+        // aborts them too.
         self.task.abort();
     }
 }
@@ -102,27 +113,67 @@ impl Backend {
 
     /// Starts a backend answering every connect with `reply`.
     pub async fn start_with(reply: Reply) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let socket = reusable_socket();
+        socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind backend");
+        Self::serve_on(socket.listen(1024).expect("listen"), reply)
+    }
+
+    fn serve_on(listener: TcpListener, reply: Reply) -> Backend {
         let addr = listener.local_addr().expect("addr");
         let mode = Arc::new(Mutex::new(Mode::Auto(reply)));
+        let others = Arc::new(Mutex::new(Reply::ok("{}")));
         let (tx, rx) = mpsc::unbounded_channel();
+        let (stop, mut stopped) = oneshot::channel::<()>();
         let task_mode = Arc::clone(&mode);
+        let task_others = Arc::clone(&others);
         let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let tcp = tokio::select! {
+                    _ = &mut stopped => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((tcp, _)) => tcp,
+                        Err(_) => continue,
+                    },
+                };
                 let mode = Arc::clone(&task_mode);
+                let others = Arc::clone(&task_others);
                 let tx = tx.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let mode = Arc::clone(&mode);
-                        let tx = tx.clone();
-                        async move { Ok::<_, Infallible>(serve(req, mode, tx).await) }
+                        let (mode, others, tx) = (Arc::clone(&mode), Arc::clone(&others), tx.clone());
+                        async move { Ok::<_, Infallible>(serve(req, mode, others, tx).await) }
                     });
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
                 });
+                while connections.try_join_next().is_some() {}
             }
+            drop(listener);
+            connections.shutdown().await;
         });
-        Backend { addr, mode, calls: tokio::sync::Mutex::new(rx), task }
+        Backend { addr, mode, others, calls: tokio::sync::Mutex::new(rx), stop: Some(stop), task }
+    }
+
+    /// Stops the server: closes the listener and every accepted connection,
+    /// and returns once they are closed (a backend that went down). The port
+    /// stays reserved in the returned [`DownBackend`].
+    pub async fn shutdown(mut self) -> DownBackend {
+        // Bound before the listener closes (both sockets allow port reuse), so
+        // the port is never free; bound without listening, it refuses connections.
+        let reserved = reusable_socket();
+        reserved.bind(self.addr).unwrap_or_else(|e| panic!("reserve {}: {e}", self.addr));
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = within("the backend to shut down", &mut self.task).await;
+        DownBackend { socket: reserved }
+    }
+
+    /// From now on, disconnect callbacks (and any other non-connect request)
+    /// are answered with `reply` instead of 200 `{}` at once; they are still
+    /// recorded when they arrive.
+    pub fn answer_disconnects(&self, reply: Reply) {
+        *self.others.lock().unwrap() = reply;
     }
 
     /// The callback URL (with a query, as backends use `?secret=`).
@@ -164,9 +215,33 @@ impl Backend {
     }
 }
 
+/// A loopback socket that may share its port with another such socket (so a
+/// stopped backend can hold its port while the old listener closes).
+fn reusable_socket() -> TcpSocket {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket.set_reuseport(true).expect("SO_REUSEPORT");
+    socket
+}
+
+/// A backend that went down ([`Backend::shutdown`]): its port is held but
+/// refuses connections until [`DownBackend::restart`].
+pub struct DownBackend {
+    socket: TcpSocket,
+}
+
+impl DownBackend {
+    /// The backend comes back on the same address, answering every connect
+    /// with 200 `{}` (a fresh backend: nothing recorded, automatic mode).
+    pub fn restart(self) -> Backend {
+        Backend::serve_on(self.socket.listen(1024).expect("listen again"), Reply::ok("{}"))
+    }
+}
+
 async fn serve(
     req: hyper::Request<hyper::body::Incoming>,
     mode: Arc<Mutex<Mode>>,
+    others: Arc<Mutex<Reply>>,
     tx: mpsc::UnboundedSender<Call>,
 ) -> hyper::Response<Full<Bytes>> {
     let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
@@ -180,7 +255,7 @@ async fn serve(
     };
     let reply = if !is_connect {
         let _ = tx.send(Call { body, raw: raw.clone(), target, reply: None });
-        Reply::ok("{}")
+        others.lock().unwrap().clone()
     } else if let Some(r) = auto {
         let _ = tx.send(Call { body, raw: raw.clone(), target, reply: None });
         r

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use serde_json::Value;
-use sse_wire::{Frame, Parser};
+use sse_wire::{Dechunker, Frame, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -86,8 +86,9 @@ pub async fn request(
         let mut resp = read_head(&mut tcp, &mut buf).await.expect("response head");
         tcp.read_to_end(&mut buf).await.expect("read body");
         resp.body = if resp.header("transfer-encoding") == Some("chunked") {
-            let mut dec = Dechunker::default();
-            dec.feed(&buf)
+            let mut body = Vec::new();
+            Dechunker::default().feed(&buf, &mut body).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            body
         } else {
             buf
         };
@@ -99,40 +100,6 @@ pub async fn request(
 /// POSTs a JSON value to `path`.
 pub async fn send_json(addr: SocketAddr, path: &str, body: &Value) -> HttpResponse {
     request(addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes()).await
-}
-
-/// Incremental decoder of `Transfer-Encoding: chunked`.
-#[derive(Default)]
-struct Dechunker {
-    pending: Vec<u8>,
-    done: bool,
-}
-
-impl Dechunker {
-    /// Feeds bytes, returns decoded payload bytes.
-    fn feed(&mut self, input: &[u8]) -> Vec<u8> {
-        self.pending.extend_from_slice(input);
-        let mut out = Vec::new();
-        loop {
-            if self.done {
-                return out;
-            }
-            let Some(eol) = self.pending.windows(2).position(|w| w == b"\r\n") else { return out };
-            let size_line = String::from_utf8_lossy(&self.pending[..eol]).to_string();
-            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
-            if size == 0 {
-                self.done = true;
-                return out;
-            }
-            if self.pending.len() < eol + 2 + size + 2 {
-                return out;
-            }
-            out.extend_from_slice(&self.pending[eol + 2..eol + 2 + size]);
-            assert_eq!(&self.pending[eol + 2 + size..eol + 4 + size], b"\r\n", "chunk not followed by CRLF");
-            self.pending.drain(..eol + 4 + size);
-        }
-    }
 }
 
 /// A client stream: the response head, then the decoded SSE body.
@@ -197,7 +164,13 @@ impl SseClient {
     }
 
     fn ingest(&mut self, bytes: &[u8]) {
-        let body = if self.chunked { self.dechunk.feed(bytes) } else { bytes.to_vec() };
+        let body = if self.chunked {
+            let mut body = Vec::new();
+            self.dechunk.feed(bytes, &mut body).unwrap_or_else(|e| panic!("stream body: {e}"));
+            body
+        } else {
+            bytes.to_vec()
+        };
         self.raw.extend_from_slice(&body);
         self.buf.extend_from_slice(&body);
         let frames = self.parser.feed(&body);
@@ -205,7 +178,7 @@ impl SseClient {
     }
 
     async fn read_more(&mut self) -> bool {
-        if self.eof || self.dechunk.done {
+        if self.eof || self.dechunk.is_done() {
             return false;
         }
         let mut chunk = [0u8; 16384];
@@ -221,9 +194,28 @@ impl SseClient {
         }
     }
 
-    /// The next frame (event, comment or retry); panics if the stream ends first.
+    /// The next frame (event, comment or retry); panics if the stream ends
+    /// first or nothing arrives within [`crate::WAIT`].
     pub async fn next_frame(&mut self) -> Frame {
-        within("the next SSE frame", async {
+        self.next_frame_within(crate::WAIT).await
+    }
+
+    /// The next frame, waiting at most `limit`: for a wait the test bounds
+    /// itself because it can legitimately take longer than [`crate::WAIT`]
+    /// (a reconnect backoff). Panics if the stream ends or the limit passes.
+    pub async fn next_frame_within(&mut self, limit: std::time::Duration) -> Frame {
+        match self.frame_within(limit).await {
+            Some(f) => f,
+            None => panic!("no SSE frame within {limit:?}; body so far: {:?}", String::from_utf8_lossy(&self.raw)),
+        }
+    }
+
+    /// The next frame if one arrives within `limit`, else `None` (for a test
+    /// that watches a stream for a while); panics if the stream ends.
+    pub async fn frame_within(&mut self, limit: std::time::Duration) -> Option<Frame> {
+        // Cancelling the read is safe: bytes are taken out of the socket and
+        // decoded in one step, after the read completed.
+        let read = async {
             loop {
                 if let Some(f) = self.frames.pop_front() {
                     return f;
@@ -232,8 +224,8 @@ impl SseClient {
                     panic!("stream ended; body so far: {:?}", String::from_utf8_lossy(&self.raw));
                 }
             }
-        })
-        .await
+        };
+        tokio::time::timeout(limit, read).await.ok()
     }
 
     /// The next dispatched event, skipping comments and retry hints.
@@ -253,7 +245,7 @@ impl SseClient {
 
     /// True once the terminating chunk was read.
     pub fn ended_cleanly(&self) -> bool {
-        self.dechunk.done
+        self.dechunk.is_done()
     }
 
     /// Every decoded body byte received so far.

@@ -8,6 +8,10 @@
 //!   decodes the chunked body and parses it with `sse-wire`, keeping the raw
 //!   bytes for byte-exact assertions.
 //! * [`request`]: one plain HTTP request (JSON in, status and body out).
+//! * [`RabbitNode`], [`MosquittoNode`]: private brokers a test may stop and
+//!   restart on the same port (the shared ones: [`amqp_url`], `SSE_TEST_MQTT_URL`).
+//! * [`Relay`]: a port-0 TCP relay for two servers that must know each
+//!   other's address at start.
 //!
 //! Every wait is bounded by [`WAIT`] and panics with a message when it runs
 //! out, so a missing behaviour fails the test instead of hanging it.
@@ -15,12 +19,16 @@
 mod amqp;
 mod backend;
 mod client;
+mod mqtt;
 mod process;
+mod relay;
 
 pub use amqp::{AmqpPublisher, RabbitNode, amqp_url, rabbitmqctl};
-pub use backend::{Backend, Call, Reply};
+pub use backend::{Backend, Call, DownBackend, Reply};
 pub use client::{HttpResponse, SseClient, request, send_json};
+pub use mqtt::MosquittoNode;
 pub use process::Process;
+pub use relay::Relay;
 
 use std::time::Duration;
 
@@ -33,6 +41,15 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
         Ok(v) => v,
         Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
     }
+}
+
+/// `N` distinct loopback ports that were free a moment ago, for a server that
+/// must keep its port across a restart (so it cannot be handed port 0 and a
+/// listener). All are held while choosing, so they differ.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local address").port())
 }
 
 /// Path of a binary of this workspace (e.g. `sse-gateway`) for black-box tests

@@ -95,7 +95,14 @@ impl Process {
 
     /// Waits (bounded) until `n` stderr lines contain `needle`; returns them.
     pub async fn wait_for_logs(&self, needle: &str, n: usize) -> Vec<String> {
-        within(&format!("{n} log line(s) containing {needle:?}"), async {
+        self.wait_for_logs_within(needle, n, crate::WAIT).await
+    }
+
+    /// Like [`Process::wait_for_logs`], for a wait the test bounds itself
+    /// because it can legitimately take longer than [`crate::WAIT`] (a
+    /// reconnect backoff); panics after `limit`.
+    pub async fn wait_for_logs_within(&self, needle: &str, n: usize, limit: Duration) -> Vec<String> {
+        let found = async {
             loop {
                 let notified = self.new_line.notified();
                 let found: Vec<String> = self.stderr().into_iter().filter(|l| l.contains(needle)).collect();
@@ -104,8 +111,14 @@ impl Process {
                 }
                 notified.await;
             }
-        })
-        .await
+        };
+        match tokio::time::timeout(limit, found).await {
+            Ok(lines) => lines,
+            Err(_) => panic!(
+                "no {n} log line(s) containing {needle:?} within {limit:?}; stderr:\n{}",
+                self.stderr().join("\n")
+            ),
+        }
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit; returns the exit code.

@@ -34,15 +34,10 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 impl Hub {
     /// Starts the binary with `--port 0 --host 127.0.0.1 --data-dir <tmp>` plus `args`.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Hub {
-        Self::start_on("0", args, env).await
-    }
-
-    /// Like [`Hub::start`] on a given port.
-    pub async fn start_on(port: &str, args: &[&str], env: &[(&str, &str)]) -> Hub {
         let dir = temp_dir("hub");
         let bin = sse_testkit::workspace_bin("sse-hub");
         let data = dir.to_string_lossy().into_owned();
-        let mut all = vec!["--port", port, "--host", "127.0.0.1", "--data-dir", data.as_str()];
+        let mut all = vec!["--port", "0", "--host", "127.0.0.1", "--data-dir", data.as_str()];
         all.extend_from_slice(args);
         let process = Process::spawn(bin.to_str().expect("utf-8 path"), &all, env).await;
         Hub { process, dir }

@@ -1,18 +1,26 @@
 //! Incremental decoder of HTTP/1.1 `Transfer-Encoding: chunked` bodies.
 //!
+//! An SSE stream over HTTP/1.1 reaches a client chunked (the gateway writes
+//! one chunk per batch of frames), so a client must undo that framing before
+//! it hands the bytes to [`crate::Parser`]. The load generator and the test
+//! client both use this one decoder.
+//!
 //! Owns the framing state of one body and nothing else: no I/O, no buffering
 //! of payload beyond what the caller hands in (a partial size line is the only
-//! thing it keeps). The gateway answers streams chunked, one chunk per frame.
+//! thing it keeps).
 
 use thiserror::Error;
 
 /// The body is not valid chunked encoding.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ChunkError {
+    /// A size line that is not a hexadecimal number (extensions allowed).
     #[error("bad chunk size line {0:?}")]
     BadSize(String),
+    /// A size or trailer line longer than any real one.
     #[error("chunk size line longer than {MAX_LINE} bytes")]
     LineTooLong,
+    /// A chunk's payload not followed by CRLF.
     #[error("chunk data not followed by CRLF")]
     MissingCrlf,
 }

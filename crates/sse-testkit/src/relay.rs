@@ -1,0 +1,51 @@
+//! A loopback TCP relay for two servers that must each know the other's
+//! address at start (a gateway's callback URL names the backend, the backend
+//! names the gateway): the relay listens on port 0 at once, its address is
+//! handed to the first server, and it pipes every connection to the second
+//! once [`Relay::forward_to`] names it. No port is guessed or reused.
+
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A listening relay. Dropping it stops accepting (piped connections end with their peers).
+pub struct Relay {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    target: watch::Sender<Option<SocketAddr>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Listens on 127.0.0.1:0; connections wait until a target is set.
+    pub async fn start() -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("relay address");
+        let (target, rx) = watch::channel(None);
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let mut rx = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(to) = rx.wait_for(Option::is_some).await.map(|t| t.expect("set")) else { return };
+                    if let Ok(mut outbound) = TcpStream::connect(to).await {
+                        let mut inbound = inbound;
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay { addr, target, task }
+    }
+
+    /// From now on (and for connections already waiting), pipe to `to`.
+    pub fn forward_to(&self, to: SocketAddr) {
+        self.target.send_replace(Some(to));
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
