@@ -65,6 +65,7 @@ def test_a_callback_without_the_secret_is_refused_in_stream(gateway):
             (rejected,) = stream.until("rejected")
             assert rejected.json()["status"] == 401
         assert server.app.extensions["sse_gateway"].connection_info("eve1") is None
+        gw.stop()
 
 
 def test_closing_the_stream_runs_the_disconnect_observer(stack):

@@ -52,7 +52,7 @@ class StreamInfo:
     token: str
     request_id: Optional[str]
     keys: List[str]
-    peer: str
+    peer: Optional[str]
     connected_at: str
     queued_bytes: int
     events_sent: int
@@ -65,7 +65,7 @@ class StreamInfo:
             token=item["token"],
             request_id=item.get("request_id"),
             keys=list(item.get("keys") or []),
-            peer=item.get("peer", ""),
+            peer=item.get("peer"),
             connected_at=item.get("connected_at", ""),
             queued_bytes=int(item.get("queued_bytes", 0)),
             events_sent=int(item.get("events_sent", 0)),

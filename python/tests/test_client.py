@@ -95,3 +95,4 @@ def test_send_during_the_connect_callback_is_buffered_then_ok_and_close_ends_the
         with pytest.raises(GatewayError) as e:
             gw.client.send(token, "after", {})
         assert e.value.code == "TOKEN_NOT_FOUND"
+        gw.stop()

@@ -30,6 +30,8 @@ def roster_stack(gateway) -> Iterator[Tuple[WSGIServer, GatewayProcess, SSEGatew
         sse = SSEGateway(app, gateway_url=gw.internal_url, roster_grace_seconds=0)
         server.app = app
         yield server, gw, sse, name
+        if gw.running():  # one test kills it
+            gw.stop()  # before the app goes: the drain's disconnect callbacks still reach it
         sse.manager.shutdown()
 
 
@@ -90,6 +92,7 @@ def test_expires_at_from_the_identity_ends_the_stream_with_auth_expired(gateway)
         assert names[:1] == ["ready"] and "auth_expired" in names, names
         assert stream.ended
         assert gone.wait(10), "server_closed disconnect reached the app"
+        gw.stop()
 
 
 def test_a_failed_disconnect_callback_is_retried(gateway):
@@ -112,3 +115,4 @@ def test_a_failed_disconnect_callback_is_retried(gateway):
             server.app = down
         assert refused.wait(10), "the first disconnect callback was refused"
         assert gone.wait(30), "the retried disconnect reached the app"
+        gw.stop()
