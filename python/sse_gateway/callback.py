@@ -121,12 +121,13 @@ def _validate_roster(body: Dict[str, Any]) -> Tuple[str, List[str], float]:
     tokens = body.get("tokens")
     if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
         details.append("tokens: an array of strings is required")
-    interval = body.get("interval_seconds")
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+    raw = body.get("interval_seconds")
+    interval = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else 0.0
+    if not (0 < interval < 1e9):  # also refuses NaN and infinity
         details.append("interval_seconds: a positive number is required")
-    if details:
+    if details or not isinstance(instance, str) or not isinstance(tokens, list):
         raise CallbackError(400, "Invalid payload", details)
-    return instance, tokens, float(interval)  # type: ignore[return-value]
+    return instance, tokens, interval
 
 
 def local_user(_headers: Mapping[str, str]) -> Identity:

@@ -61,7 +61,15 @@ class SSEGateway:
     """A Flask extension: registers ``POST <callback_path>`` (the gateway's
     ``CALLBACK_URL``) and owns the :class:`ConnectionManager` the app sends
     through. Use it directly (``SSEGateway(app)``) or with an app factory
-    (``sse = SSEGateway(); sse.init_app(app)``)."""
+    (``sse = SSEGateway(); sse.init_app(app)``).
+
+    Keyword arguments: ``gateway_url``, ``gateway_secret``,
+    ``callback_secret``, ``publish`` (win over the settings above);
+    ``callback_path``; ``identify`` (forwarded headers -> :class:`Identity`
+    or None; default: every stream is ``local-user``); ``roster`` (accept
+    roster callbacks); ``roster_grace_seconds`` (a roster keeps tokens that
+    connected less than this long ago, see :class:`ConnectionManager`).
+    """
 
     def __init__(
         self,

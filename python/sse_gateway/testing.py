@@ -193,9 +193,9 @@ def gateway() -> Iterator[Callable[..., GatewayProcess]]:
     """A factory: ``gateway(callback_url=None, **settings)`` starts a real
     gateway (see :func:`start_gateway`). Every one still running at teardown
     is stopped with SIGTERM and must exit 0."""
-    started = []
+    started: List[GatewayProcess] = []
 
-    def start(callback_url: Optional[str] = None, **settings: object) -> GatewayProcess:
+    def start(callback_url: Optional[str] = None, **settings: Any) -> GatewayProcess:
         gw = start_gateway(callback_url, **settings)
         started.append(gw)
         return gw
@@ -265,7 +265,10 @@ class SSEStream:
         """The next event; None when the stream ended. A read that waits
         longer than the stream's ``read_timeout`` raises
         ``requests.exceptions.ConnectionError``."""
-        name, data, ident, retry = "", [], None, None
+        name = ""
+        data: List[str] = []
+        ident: Optional[str] = None
+        retry: Optional[int] = None
         while True:
             line = self._line()
             if line is None:

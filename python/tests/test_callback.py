@@ -177,6 +177,9 @@ def test_roster_shape_errors_and_roster_off(rec):
             ],
         },
     )
+    for interval in (True, "5", float("nan"), float("inf"), -1):
+        status, answer = handler(rec).handle("", JSON, body(action="roster", instance="i", tokens=[], interval_seconds=interval))
+        assert (status, answer["details"]) == (400, ["interval_seconds: a positive number is required"]), interval
     off = handler(rec, roster=False)
     good = body(action="roster", instance="gw-1", tokens=[], interval_seconds=5)
     assert off.handle("", JSON, good) == (400, {"error": "Unknown action: roster"})
