@@ -326,7 +326,8 @@ class ConnectionManager:
         """The ``request_id`` whose live stream is ``token``, or None."""
         with self._lock:
             rid = self._by_token.get(token)
-            return rid if rid is not None and self._by_request[rid].token == token else None
+            info = self._by_request.get(rid) if rid is not None else None
+            return rid if info is not None and info.token == token else None
 
     def connections(self) -> List[ConnectionInfo]:
         """A snapshot of every live connection."""
