@@ -96,3 +96,9 @@ ensure_browser() { # Debian chromium + node for the dashboard test (playwright-c
     (cd crates/sse-hub/browser-test && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
+
+ensure_python_venv() { # ensure_python_venv <dir>: a venv for the Python package's tests (kept between runs)
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
+  [ -x "$1/bin/python" ] || python3 -m venv "$1"
+}
