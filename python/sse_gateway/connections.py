@@ -94,6 +94,9 @@ class ConnectionInfo:
     instance: Optional[str] = None
     #: ``time.monotonic()``-style clock reading when it connected.
     connected_at: float = 0.0
+    #: How many rosters its instance had sent when it connected: a roster
+    #: removes it only if it was registered before the previous one arrived.
+    roster_epoch: int = 0
 
 
 @dataclass
@@ -101,6 +104,8 @@ class _RosterWatch:
     last_seen: float
     interval_seconds: float
     timer: Optional[threading.Timer] = None
+    #: Rosters received from this instance.
+    received: int = 0
 
 
 class ConnectionManager:
@@ -113,9 +118,10 @@ class ConnectionManager:
     a publish turns publishing off for good (a plain compatible gateway), and
     401/403 falls back to per-token sends for that call.
 
-    ``roster_grace_seconds``: a token that connected less than this long ago
-    is kept even when a roster does not list it (the roster may have been
-    taken before the token existed; the next roster settles it).
+    A roster removes only the tokens registered before the previous roster
+    of their instance arrived: a roster taken just before a connect but
+    delivered after it must not remove the new stream (the Rust toolkit's
+    rule; a missing token goes at the second roster after its connect).
     """
 
     def __init__(
@@ -124,13 +130,11 @@ class ConnectionManager:
         *,
         publish: bool = False,
         fanout_limit: int = DEFAULT_FANOUT_LIMIT,
-        roster_grace_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self._publish = publish
         self._fanout_limit = max(1, fanout_limit)
-        self._grace = roster_grace_seconds
         self._clock = clock
         self._lock = threading.Lock()
         self._by_request: Dict[str, ConnectionInfo] = {}
@@ -192,6 +196,8 @@ class ConnectionManager:
             connected_at=self._clock(),
         )
         with self._lock:
+            watch = self._rosters.get(instance) if instance is not None else None
+            info.roster_epoch = watch.received if watch is not None else 0
             replaced = self._by_request.get(request_id)
             self._by_request[request_id] = info
             if replaced is not None:
@@ -233,24 +239,24 @@ class ConnectionManager:
 
     def on_roster(self, instance: str, tokens: Iterable[str], interval_seconds: float) -> List[str]:
         """A roster from gateway ``instance``: every token of that instance
-        it does not list is removed as if its disconnect had arrived with
+        it does not list, registered before the previous roster of that
+        instance arrived, is removed as if its disconnect had arrived with
         reason ``instance_lost``; a roster never adds tokens. Arms the
         silence watch: no roster from ``instance`` for 3 intervals removes all
         its tokens. Returns the removed ``request_id``s."""
         listed = set(tokens)
         now = self._clock()
         with self._lock:
+            watch = self._rosters.get(instance)
+            previous = watch.received if watch is not None else 0
             lost_tokens = [
                 info.token
                 for info in self._by_request.values()
-                if info.instance == instance
-                and info.token not in listed
-                and now - info.connected_at >= self._grace
+                if info.instance == instance and info.token not in listed and info.roster_epoch < previous
             ]
-            watch = self._rosters.get(instance)
             if watch is not None and watch.timer is not None:
                 watch.timer.cancel()
-            watch = _RosterWatch(last_seen=now, interval_seconds=interval_seconds)
+            watch = _RosterWatch(last_seen=now, interval_seconds=interval_seconds, received=previous + 1)
             self._rosters[instance] = watch
             self._arm(instance, watch, SILENT_INTERVALS * interval_seconds)
         return self._remove_lost(lost_tokens, instance)

@@ -67,8 +67,7 @@ class SSEGateway:
     ``callback_secret``, ``publish`` (win over the settings above);
     ``callback_path``; ``identify`` (forwarded headers -> :class:`Identity`
     or None; default: every stream is ``local-user``); ``roster`` (accept
-    roster callbacks); ``roster_grace_seconds`` (a roster keeps tokens that
-    connected less than this long ago, see :class:`ConnectionManager`).
+    roster callbacks).
     """
 
     def __init__(
@@ -82,7 +81,6 @@ class SSEGateway:
         callback_path: str = DEFAULT_CALLBACK_PATH,
         identify: Identify = local_user,
         roster: bool = True,
-        roster_grace_seconds: float = 2.0,
     ) -> None:
         self._gateway_url = gateway_url
         self._gateway_secret = gateway_secret
@@ -91,7 +89,6 @@ class SSEGateway:
         self.callback_path = callback_path
         self.identify = identify
         self.roster = roster
-        self.roster_grace_seconds = roster_grace_seconds
         self._pending_connect: list[Observer] = []
         self._pending_disconnect: list[Observer] = []
         self._manager: Optional[ConnectionManager] = None
@@ -116,7 +113,7 @@ class SSEGateway:
             if callback_secret is None and (setting("FLASK_ENV") or "") == "production":
                 callback_secret = ""  # production without a secret refuses every callback
         manager = ConnectionManager(
-            Client(url, secret or None), publish=publish, roster_grace_seconds=self.roster_grace_seconds
+            Client(url, secret or None), publish=publish
         )
         for fn in self._pending_connect:
             manager.register_on_connect(fn)

@@ -153,12 +153,16 @@ def test_the_connect_instance_is_remembered_for_rosters(rec):
 
 
 def test_roster_callback_removes_unlisted_tokens(rec):
-    h = CallbackHandler(ConnectionManager(rec, roster_grace_seconds=0))
+    h = CallbackHandler(ConnectionManager(rec))
+    first = body(action="roster", instance="gw-1", tokens=[], interval_seconds=30)
+    assert h.handle("", JSON, first) == (200, {})
     h.handle("", JSON, connect(instance="gw-1"))
     h.handle("", JSON, connect("/s?request_id=def", token="tok-2", instance="gw-1"))
     gone = []
     h.manager.register_on_disconnect(gone.append)
     roster = body(action="roster", instance="gw-1", tokens=["tok-2"], interval_seconds=30)
+    assert h.handle("", JSON, roster) == (200, {})
+    assert gone == [], "registered after the previous roster: spared once"
     assert h.handle("", JSON, roster) == (200, {})
     assert gone == ["abc"]
     h.manager.shutdown()

@@ -27,7 +27,7 @@ def roster_stack(gateway) -> Iterator[Tuple[WSGIServer, GatewayProcess, SSEGatew
     with serve_wsgi() as server:
         gw = gateway(f"{server.url}/api/sse/callback", INSTANCE_ID=name, ROSTER_INTERVAL_SECONDS=1)
         app = Flask("roster-test")
-        sse = SSEGateway(app, gateway_url=gw.internal_url, roster_grace_seconds=0)
+        sse = SSEGateway(app, gateway_url=gw.internal_url)
         server.app = app
         yield server, gw, sse, name
         if gw.running():  # one test kills it
@@ -50,7 +50,7 @@ def test_connect_callbacks_name_the_instance_and_a_roster_removes_a_token_it_doe
         # (e.g. its disconnect callback was lost for good).
         sse.manager.on_connect("ghost1", str(uuid.uuid4()), "/stream?request_id=ghost1", instance=name)
         ghost_gone = left(sse, "ghost1")
-        assert ghost_gone.wait(10), "the next roster (1 s) removes the ghost with instance_lost"
+        assert ghost_gone.wait(10), "the second roster after it (2 s) removes the ghost with instance_lost"
         assert sse.connection_info("live1") is not None, "a listed token stays"
 
 
