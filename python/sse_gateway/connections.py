@@ -186,18 +186,18 @@ class ConnectionManager:
         before any observer runs), replacing and closing any previous stream
         of that id; then runs the disconnect observers for the replaced one
         and the connect observers for the new one, outside the lock."""
-        info = ConnectionInfo(
-            request_id=request_id,
-            token=token,
-            url=url,
-            subject=identity.subject if identity else None,
-            role=identity.role if identity else None,
-            instance=instance,
-            connected_at=self._clock(),
-        )
         with self._lock:
             watch = self._rosters.get(instance) if instance is not None else None
-            info.roster_epoch = watch.received if watch is not None else 0
+            info = ConnectionInfo(
+                request_id=request_id,
+                token=token,
+                url=url,
+                subject=identity.subject if identity else None,
+                role=identity.role if identity else None,
+                instance=instance,
+                connected_at=self._clock(),
+                roster_epoch=watch.received if watch is not None else 0,
+            )
             replaced = self._by_request.get(request_id)
             self._by_request[request_id] = info
             if replaced is not None:
