@@ -47,20 +47,22 @@ impl Waiting {
         self.lock().0
     }
 
-    fn reserve(&self, bytes: usize) -> Option<Reservation<'_>> {
+    fn reserve<'a>(&'a self, bytes: usize, metrics: &'a Metrics) -> Option<Reservation<'a>> {
         let mut st = self.lock();
         if st.0 >= MAX_WAITING || st.1 + bytes > MAX_WAITING_BYTES {
             return None;
         }
         st.0 += 1;
         st.1 += bytes;
-        Some(Reservation { waiting: self, bytes })
+        metrics.emit(Event::DisconnectRetriesWaiting { count: st.0 });
+        Some(Reservation { waiting: self, bytes, metrics })
     }
 }
 
 struct Reservation<'a> {
     waiting: &'a Waiting,
     bytes: usize,
+    metrics: &'a Metrics,
 }
 
 impl Drop for Reservation<'_> {
@@ -68,6 +70,7 @@ impl Drop for Reservation<'_> {
         let mut st = self.waiting.lock();
         st.0 -= 1;
         st.1 -= self.bytes;
+        self.metrics.emit(Event::DisconnectRetriesWaiting { count: st.0 });
     }
 }
 
@@ -130,7 +133,7 @@ impl Disconnects {
                 return;
             }
             if reservation.is_none() {
-                reservation = self.waiting.reserve(request_bytes(request));
+                reservation = self.waiting.reserve(request_bytes(request), &self.metrics);
                 if reservation.is_none() {
                     self.metrics.emit(Event::DisconnectGivenUp { token, why: GiveUp::TooMany, attempts: attempt });
                     return;
@@ -138,6 +141,7 @@ impl Disconnects {
             }
             let delay = if self.shutdown.is_cancelled() { DRAIN_BACKOFF } else { jittered(backoff) };
             let wake = (now + delay).min(window_end);
+            self.metrics.emit(Event::DisconnectRetryScheduled { token, attempt, delay: wake - now });
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
                 // The drain flushes waiting retries now rather than after their backoff.
@@ -156,8 +160,9 @@ mod tests {
     #[test]
     fn waiting_retries_are_bounded_and_released() {
         let w = Waiting::default();
-        let a = w.reserve(MAX_WAITING_BYTES / 2).expect("first fits");
-        assert!(w.reserve(MAX_WAITING_BYTES).is_none(), "over the byte bound");
+        let m = Metrics::default();
+        let a = w.reserve(MAX_WAITING_BYTES / 2, &m).expect("first fits");
+        assert!(w.reserve(MAX_WAITING_BYTES, &m).is_none(), "over the byte bound");
         assert_eq!(w.count(), 1);
         drop(a);
         assert_eq!(*w.lock(), (0, 0));

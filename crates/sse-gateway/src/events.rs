@@ -136,6 +136,16 @@ pub(crate) enum Event<'a> {
         elapsed: Duration,
         attempt: u32,
     },
+    /// A failed disconnect callback will be tried again after `delay`.
+    DisconnectRetryScheduled {
+        token: Uuid,
+        attempt: u32,
+        delay: Duration,
+    },
+    /// Disconnect callbacks waiting for a retry now.
+    DisconnectRetriesWaiting {
+        count: usize,
+    },
     /// A disconnect callback failed for good: the backend never heard it.
     DisconnectGivenUp {
         token: Uuid,
@@ -250,11 +260,15 @@ impl Metrics {
                     } else {
                         debug!(%token, attempt, error = %e, "disconnect callback retry failed");
                     }
-                    if e.is_transient() {
-                        self.disconnect_retries.get_or_create(&[("outcome", "retry")]).inc();
-                    }
                 }
             },
+            Event::DisconnectRetryScheduled { token, attempt, delay } => {
+                self.disconnect_retries.get_or_create(&[("outcome", "retry")]).inc();
+                debug!(%token, attempt, ?delay, "disconnect callback will be retried");
+            }
+            Event::DisconnectRetriesWaiting { count } => {
+                self.disconnect_retries_waiting.set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
             Event::DisconnectGivenUp { token, why, attempts } => {
                 self.disconnect_retries.get_or_create(&[("outcome", why.as_str())]).inc();
                 warn!(%token, attempts, why = why.as_str(), "gave up a disconnect callback; the backend never heard it");
@@ -314,6 +328,7 @@ impl Metrics {
                     413 => "413",
                     429 => "429",
                     500 => "500",
+                    503 => "503",
                     _ => "other",
                 };
                 self.api.get_or_create(&[("endpoint", endpoint.as_str()), ("status", label)]).inc();

@@ -55,8 +55,10 @@ async fn disconnect_callbacks_refused_with_503_are_retried_until_the_backend_tak
         200,
         "a down backend never hurts the gateway"
     );
+    wait_for_metric_at_least(&gw, "sse_gateway_disconnect_retries_waiting ", 5.0).await;
     backend.answer_disconnects(Reply::ok("{}"));
     wait_for_metric_at_least(&gw, "sse_gateway_disconnect_retries_total{outcome=\"delivered\"}", 5.0).await;
+    assert_eq!(metric(&gw, "sse_gateway_disconnect_retries_waiting ").await, 0.0, "none left waiting");
     let seen: BTreeSet<String> =
         backend.drain().await.iter().filter(|c| c.action() == "disconnect").map(|c| c.token()).collect();
     assert_eq!(seen, tokens, "every token's disconnect reached the backend");
