@@ -153,6 +153,11 @@ impl Default for Metrics {
             "Streams ended with auth_expired at their expires_at",
             m.expired.clone(),
         );
+        registry.register(
+            "sse_gateway_disconnect_retries_waiting",
+            "Disconnect callbacks waiting for a retry now",
+            m.disconnect_retries_waiting.clone(),
+        );
         Self { registry, ..m }
     }
 }
