@@ -12,8 +12,8 @@
 //!   unbound when its last one is gone; [`Amqp::acquire`] returns only once
 //!   the binding is in place, so `ready` is written strictly after it.
 //! * When the connection drops: `/readyz` turns 503, new streams get a
-//!   `retry:` hint, and the run loop reconnects with exponential backoff
-//!   (1 s doubling to 30 s), re-declares, re-binds every needed key, resumes
+//!   `retry:` hint, and the run loop reconnects with jittered exponential
+//!   backoff (1 s doubling to 5 s), re-declares, re-binds every needed key, resumes
 //!   consuming and writes `ready` again on every stream.
 //!
 //! Bind and unbind calls are serialised by one async mutex, which also owns
@@ -61,6 +61,16 @@ pub(crate) enum AmqpError {
     /// The broker refused or failed an operation.
     #[error("RabbitMQ: {0}")]
     Broker(#[from] lapin::Error),
+}
+
+/// The reconnect delay doubles from 1 s up to this, each ±25 %: a broker
+/// back after an outage is used again within seconds, and instances that lost
+/// it together do not all come back at the same instant.
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
+
+fn jitter(d: Duration) -> Duration {
+    let unit = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
+    d.mul_f64(0.75 + unit / 2.0)
 }
 
 /// How long the asker of a cluster-wide close waits for the first reply,
@@ -301,9 +311,9 @@ impl Amqp {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(jitter(backoff)) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
         }
     }
 

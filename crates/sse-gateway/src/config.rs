@@ -69,6 +69,8 @@ pub mod settings {
         RESUME_TTL_MS = "RESUME_TTL_MS", "resume-ttl-ms", None, "Hold events for connection.<request_id> this long after an unexpected disconnect, ms; 0 = off (unset: 0, or RABBITMQ_QUEUE_TTL_MS with RabbitMQ)";
         INSTANCE_ID = "INSTANCE_ID", "instance-id", None, "Name of this gateway instance in rosters, admin answers and its RabbitMQ queue (unset: RABBITMQ_INSTANCE_ID, else $HOSTNAME-<random>)";
         ROSTER_INTERVAL_SECONDS = "ROSTER_INTERVAL_SECONDS", "roster-interval-seconds", Some("0"), "Every this many seconds, POST the list of this instance's tokens to CALLBACK_URL (action roster); connect callbacks then carry the instance id; 0 = off";
+        RETRY_ON_BACKEND_FAILURE = "RETRY_ON_BACKEND_FAILURE", "retry-on-backend-failure", Some("false"), "true: a connect callback that gets no answer, times out or answers 5xx gives the client 200 + a retry: hint instead of 503/504/5xx (which make EventSource give up)";
+        RETRY_JITTER_MS = "RETRY_JITTER_MS", "retry-jitter-ms", None, "MIN-MAX: every stream gets retry: <random in MIN..MAX> ms before ready, spreading reconnects after a gateway loss (unset: 1000-5000 when RETRY_ON_BACKEND_FAILURE is true, else off)";
         DISCONNECT_RETRY_SECONDS = "DISCONNECT_RETRY_SECONDS", "disconnect-retry-seconds", Some("60"), "Retry a failed disconnect callback (refused, timeout, 5xx) with backoff for up to this many seconds; 0 = no retry";
     }
 }
@@ -118,6 +120,11 @@ pub struct Config {
     pub roster_interval: Duration,
     /// How long a failed disconnect callback is retried; zero: not retried.
     pub disconnect_retry: Duration,
+    /// Answer a failed connect callback with 200 + `retry:` instead of an
+    /// HTTP error (which `EventSource` treats as final).
+    pub retry_on_backend_failure: bool,
+    /// `retry:` range (ms) written to every stream before `ready`; `None`: off.
+    pub open_retry_jitter: Option<(u64, u64)>,
 }
 
 /// The AMQP ingress settings (SSEGateway names).
@@ -275,6 +282,15 @@ impl Config {
             None => r.port(s::INTERNAL_PORT)?.map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p)),
         };
         let instance_id = instance_id(&r.lookup);
+        let retry_on_backend_failure = r.bool(s::RETRY_ON_BACKEND_FAILURE);
+        let open_retry_jitter = match r.text(s::RETRY_JITTER_MS) {
+            Some(v) => Some(parse_range(&v).ok_or(ConfigError::Number {
+                name: s::RETRY_JITTER_MS.env,
+                value: v,
+                expected: "MIN-MAX in milliseconds, MIN < MAX",
+            })?),
+            None => retry_on_backend_failure.then_some((1_000, 5_000)),
+        };
         let amqp = AmqpConfig::with_instance(&r.lookup, &instance_id)?;
         let resume_ttl = match r.text(s::RESUME_TTL_MS) {
             Some(v) => Duration::from_millis(v.parse().map_err(|_| ConfigError::Number {
@@ -300,6 +316,8 @@ impl Config {
             resume_ttl,
             amqp,
             instance_id,
+            retry_on_backend_failure,
+            open_retry_jitter,
             roster_interval: Duration::from_secs(
                 r.number(s::ROSTER_INTERVAL_SECONDS, 0, "an integer number of seconds (0: off)")?.unwrap_or(0),
             ),
@@ -309,6 +327,13 @@ impl Config {
         };
         Ok((config, warnings))
     }
+}
+
+/// `MIN-MAX` with MIN < MAX.
+fn parse_range(v: &str) -> Option<(u64, u64)> {
+    let (a, b) = v.split_once('-')?;
+    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a < b).then_some((a, b))
 }
 
 /// `INSTANCE_ID`, else `RABBITMQ_INSTANCE_ID`, else `$HOSTNAME-<8 random hex>`.
@@ -438,6 +463,19 @@ mod tests {
         assert!(load(&[("INTERNAL_PORT", "x")]).is_err());
         let (cfg, _) = load(&[("INTERNAL_PORT", "3001"), ("INTERNAL_LISTEN", "127.0.0.1:0")]).unwrap();
         assert_eq!(cfg.internal_listen, Some("127.0.0.1:0".parse().unwrap()));
+    }
+
+    #[test]
+    fn retry_on_backend_failure_turns_the_open_jitter_on() {
+        let (cfg, _) = load(&[]).unwrap();
+        assert_eq!((cfg.retry_on_backend_failure, cfg.open_retry_jitter), (false, None));
+        let (cfg, _) = load(&[("RETRY_ON_BACKEND_FAILURE", "true")]).unwrap();
+        assert_eq!((cfg.retry_on_backend_failure, cfg.open_retry_jitter), (true, Some((1_000, 5_000))));
+        let (cfg, _) = load(&[("RETRY_JITTER_MS", "200-300")]).unwrap();
+        assert_eq!(cfg.open_retry_jitter, Some((200, 300)));
+        for bad in ["300-200", "5", "a-b", "5-5"] {
+            assert!(load(&[("RETRY_JITTER_MS", bad)]).is_err(), "{bad}");
+        }
     }
 
     #[test]

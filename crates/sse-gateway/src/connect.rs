@@ -63,7 +63,38 @@ pub(crate) fn start(
     shared.tracker.spawn(async move {
         let request = Arc::new(request);
         let started = Instant::now();
-        let result = hook.connect(token, &request).await;
+        let mut tx = Some(tx);
+        // Ok(answer in time) or Err(whether a late answer accepted).
+        let in_time = {
+            let mut call = hook.connect(token, &request);
+            match tokio::time::timeout(task_shared.config.callback_timeout, &mut call).await {
+                Ok(result) => Ok(result),
+                Err(_) => {
+                    // The client is answered now; the call goes on (bounded by
+                    // the hook), so a late accept is not left behind as a phantom.
+                    task_shared.router.remove(token);
+                    let timeout = Refusal::Timeout;
+                    let elapsed = started.elapsed();
+                    task_shared.metrics.emit(Event::ConnectAnswered { token, result: Err(&timeout), elapsed });
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(refused(&task_shared, timeout));
+                    }
+                    Err(call.await.is_ok())
+                }
+            }
+        };
+        let result = match in_time {
+            Ok(result) => result,
+            Err(accepted) => {
+                task_shared.metrics.emit(Event::LateConnectAnswer { token, accepted });
+                if accepted {
+                    spawn_disconnect(&task_shared, hook, token, DisconnectReason::Error, request);
+                }
+                return;
+            }
+        };
+        // Answered in time, so the client has not been answered yet.
+        let Some(tx) = tx else { return };
         let elapsed = started.elapsed();
         task_shared.metrics.emit(Event::ConnectAnswered { token, result: result.as_ref().map(|_| ()), elapsed });
         let decision = match result {
@@ -78,7 +109,7 @@ pub(crate) fn start(
             }
             Err(refusal) => {
                 task_shared.router.remove(token);
-                refused(refusal)
+                refused(&task_shared, refusal)
             }
         };
         // If the client left just now, the decision (and its stream handle)
@@ -101,7 +132,7 @@ async fn open(
     let request_id = accepted.request_id.clone().or_else(|| crate::keys::query_param(&request.url, "request_id"));
     // With a broker, the keys must be bound before `ready`; if that fails the
     // stream opens, gets what was buffered, and ends with `error`.
-    let mut ready = Some(Bytes::from_static(sse_wire::encode::READY));
+    let mut ready = Some(ready_frame(shared.config.open_retry_jitter));
     if let Some(amqp) = &shared.amqp
         && let Err(e) = amqp.acquire(&keys).await
     {
@@ -131,8 +162,33 @@ async fn open(
     Decision::Stream(StreamHandle::new(queue, end_hook(shared, hook)))
 }
 
+/// `ready`, after a jittered `retry:` when that is on: a gateway lost at
+/// once then sees its clients come back spread over the range.
+fn ready_frame(jitter: Option<(u64, u64)>) -> Bytes {
+    match jitter {
+        None => Bytes::from_static(sse_wire::encode::READY),
+        Some((min, max)) => {
+            let retry = crate::retry::jittered(min, max);
+            let mut b = bytes::BytesMut::with_capacity(retry.len() + sse_wire::encode::READY.len());
+            b.extend_from_slice(&retry);
+            b.extend_from_slice(sse_wire::encode::READY);
+            b.freeze()
+        }
+    }
+}
+
 /// The client's answer for a refused connect (already logged and counted).
-fn refused(refusal: Refusal) -> Decision {
+fn refused(shared: &Shared, refusal: Refusal) -> Decision {
+    if shared.config.retry_on_backend_failure && refusal.is_transient() {
+        // EventSource gives up for good on any non-200: tell it to come back instead.
+        let reason = match refusal {
+            Refusal::Timeout => RefuseReason::BackendTimeout,
+            Refusal::Unavailable(_) => RefuseReason::BackendUnavailable,
+            _ => RefuseReason::BackendError,
+        };
+        shared.metrics.emit(Event::StreamRefused { reason, max_connections: shared.config.max_connections });
+        return Decision::InStream(RetryHint::BackendFailure.frame());
+    }
     match refusal {
         Refusal::Rejected { status, message } => Decision::InStream(sse_wire::encode::rejected(status, &message)),
         Refusal::Status(code) => {

@@ -18,6 +18,10 @@ pub(crate) enum RefuseReason {
     MaxConnections,
     BrokerUnavailable,
     Draining,
+    /// The connect callback got no answer or a 5xx (`RETRY_ON_BACKEND_FAILURE`).
+    BackendUnavailable,
+    BackendTimeout,
+    BackendError,
 }
 
 impl RefuseReason {
@@ -26,6 +30,9 @@ impl RefuseReason {
             Self::MaxConnections => "max_connections",
             Self::BrokerUnavailable => "broker_unavailable",
             Self::Draining => "draining",
+            Self::BackendUnavailable => "backend_unavailable",
+            Self::BackendTimeout => "backend_timeout",
+            Self::BackendError => "backend_error",
         }
     }
 }
@@ -119,6 +126,12 @@ pub(crate) enum Event<'a> {
         token: Uuid,
         result: Result<(), &'a Refusal>,
         elapsed: Duration,
+    },
+    /// A connect callback answered after its client was told it timed out;
+    /// an accept then gets its disconnect callback (reason `error`).
+    LateConnectAnswer {
+        token: Uuid,
+        accepted: bool,
     },
     /// The client left while its connect callback ran (the backend hears a disconnect).
     ClientLeftDuringConnect {
@@ -226,6 +239,9 @@ impl Metrics {
                     }
                     RefuseReason::BrokerUnavailable => debug!("stream refused: RabbitMQ is disconnected"),
                     RefuseReason::Draining => debug!("stream refused: shutting down"),
+                    RefuseReason::BackendUnavailable | RefuseReason::BackendTimeout | RefuseReason::BackendError => {
+                        debug!(reason = reason.as_str(), "connect callback failed: client told to retry")
+                    }
                 }
             }
             Event::ConnectAnswered { token, result, elapsed } => {
@@ -238,6 +254,13 @@ impl Metrics {
                     }
                     Err(Refusal::Timeout) => warn!(%token, "connect callback timed out"),
                     Err(Refusal::Unavailable(e)) => warn!(%token, error = %e, "backend unavailable"),
+                }
+            }
+            Event::LateConnectAnswer { token, accepted } => {
+                let outcome = if accepted { "accepted" } else { "refused" };
+                self.late_connects.get_or_create(&[("outcome", outcome)]).inc();
+                if accepted {
+                    info!(%token, "the backend accepted a stream after its callback timed out; sending its disconnect");
                 }
             }
             Event::ClientLeftDuringConnect { token } => info!(%token, "client left during the connect callback"),

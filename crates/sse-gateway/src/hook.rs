@@ -195,6 +195,11 @@ pub struct HttpCallbackHook {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+/// How long a connect callback may run in all. The gateway answers the
+/// client after `CALLBACK_TIMEOUT_MS`, but keeps listening this long so that
+/// a late accept gets its disconnect instead of staying a phantom.
+const CONNECT_LATE_LIMIT: Duration = Duration::from_secs(60);
+
 /// Largest connect answer the gateway reads; bigger answers are treated as `{}`.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -227,7 +232,11 @@ impl HttpCallbackHook {
         Arc::new(Self { url, timeout, instance, client })
     }
 
-    async fn post(&self, body: &impl Serialize) -> Result<(http::StatusCode, Option<String>, Bytes), Refusal> {
+    async fn post(
+        &self,
+        body: &impl Serialize,
+        timeout: Duration,
+    ) -> Result<(http::StatusCode, Option<String>, Bytes), Refusal> {
         let json = serde_json::to_vec(body).map_err(|e| Refusal::Unavailable(e.to_string()))?;
         let req = http::Request::post(self.url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -248,7 +257,7 @@ impl HttpCallbackHook {
                 .unwrap_or_default();
             Ok((status, phrase, body))
         };
-        tokio::time::timeout(self.timeout, call).await.map_err(|_| Refusal::Timeout)?
+        tokio::time::timeout(timeout, call).await.map_err(|_| Refusal::Timeout)?
     }
 }
 
@@ -289,7 +298,7 @@ impl ConnectHook for HttpCallbackHook {
         Box::pin(async move {
             let instance = self.instance.as_deref();
             let body = CallbackBody { action: "connect", reason: None, token: token.to_string(), request, instance };
-            let (status, phrase, answer) = self.post(&body).await?;
+            let (status, phrase, answer) = self.post(&body, self.timeout.max(CONNECT_LATE_LIMIT)).await?;
             match status.as_u16() {
                 200..=299 => Ok(parse_answer(&answer)),
                 code @ (400 | 401 | 403) => Err(Refusal::Rejected {
@@ -315,7 +324,7 @@ impl ConnectHook for HttpCallbackHook {
                 request,
                 instance: self.instance.as_deref(),
             };
-            let (status, _, _) = self.post(&body).await?;
+            let (status, _, _) = self.post(&body, self.timeout).await?;
             if status.is_success() { Ok(()) } else { Err(Refusal::Status(status.as_u16())) }
         })
     }
@@ -329,7 +338,7 @@ impl ConnectHook for HttpCallbackHook {
         Box::pin(async move {
             let tokens = tokens.iter().map(Uuid::to_string).collect();
             let body = RosterBody { action: "roster", instance, tokens, interval_seconds: interval.as_secs() };
-            let (status, _, _) = self.post(&body).await?;
+            let (status, _, _) = self.post(&body, self.timeout).await?;
             if status.is_success() { Ok(()) } else { Err(Refusal::Status(status.as_u16())) }
         })
     }

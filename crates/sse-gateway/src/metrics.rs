@@ -41,6 +41,7 @@ pub(crate) struct Metrics {
     pub(crate) errors: Family<Labels2, Counter>,
     pub(crate) disconnect_retries: Family<Labels1, Counter>,
     pub(crate) disconnect_retries_waiting: Gauge,
+    pub(crate) late_connects: Family<Labels1, Counter>,
     pub(crate) rosters: Family<Labels1, Counter>,
     pub(crate) admin_closed: Counter,
     pub(crate) expired: Counter,
@@ -70,6 +71,7 @@ impl Default for Metrics {
             errors: Family::default(),
             disconnect_retries: Family::default(),
             disconnect_retries_waiting: Gauge::default(),
+            late_connects: Family::default(),
             rosters: Family::default(),
             admin_closed: Counter::default(),
             expired: Counter::default(),
@@ -157,6 +159,11 @@ impl Default for Metrics {
             "sse_gateway_disconnect_retries_waiting",
             "Disconnect callbacks waiting for a retry now",
             m.disconnect_retries_waiting.clone(),
+        );
+        registry.register(
+            "sse_gateway_late_connect_answers",
+            "Connect callbacks answered after their client was told they timed out, by outcome (an accepted one gets its disconnect)",
+            m.late_connects.clone(),
         );
         Self { registry, ..m }
     }

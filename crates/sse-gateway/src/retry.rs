@@ -21,6 +21,8 @@ pub(crate) enum RetryHint {
     Reauthenticate,
     /// An operator closed the stream (`/internal/close`).
     Closed,
+    /// The backend's connect callback failed (no answer, timeout, 5xx).
+    BackendFailure,
 }
 
 impl RetryHint {
@@ -31,16 +33,22 @@ impl RetryHint {
             Self::MaxConnections => (5_000, 15_000),
             Self::BrokerDown => (2_000, 10_000),
             Self::Draining | Self::Reauthenticate | Self::Closed => (1_000, 5_000),
+            Self::BackendFailure => (2_000, 10_000),
         }
     }
 
     /// The encoded `retry:` line with a random delay in the range.
     pub(crate) fn frame(self) -> Bytes {
         let (min, max) = self.range_ms();
-        let span = max.saturating_sub(min).max(1);
-        let jitter = (uuid::Uuid::new_v4().as_u128() % u128::from(span)) as u64;
-        sse_wire::encode::retry(min + jitter)
+        jittered(min, max)
     }
+}
+
+/// A `retry:` line with a random delay in `min..max` ms.
+pub(crate) fn jittered(min: u64, max: u64) -> Bytes {
+    let span = max.saturating_sub(min).max(1);
+    let jitter = (uuid::Uuid::new_v4().as_u128() % u128::from(span)) as u64;
+    sse_wire::encode::retry(min + jitter)
 }
 
 /// The last frame of a stream an operator closed: `retry_ms` when given,
@@ -65,6 +73,7 @@ mod tests {
             RetryHint::Draining,
             RetryHint::Reauthenticate,
             RetryHint::Closed,
+            RetryHint::BackendFailure,
         ] {
             let (min, max) = hint.range_ms();
             for _ in 0..50 {

@@ -211,10 +211,18 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
         let amqp = cfg.amqp.clone();
         let gw_config = sse_gateway::Config {
             listen: addr,
-            heartbeat_interval: Duration::from_secs(cfg.heartbeat_interval_seconds.max(1)),
-            internal_api_secret: cfg.internal_api_secret.clone().filter(|s| !s.is_empty()),
+            heartbeat_interval: Duration::from_secs(cfg.heartbeat_interval_seconds),
+            internal_api_secret: cfg.internal_api_secret.clone(),
             resume_ttl: amqp.as_ref().map_or(Duration::ZERO, |a| a.queue_ttl),
+            instance_id: amqp
+                .as_ref()
+                .map_or_else(|| sse_gateway::Config::default().instance_id, |a| a.instance_id.clone()),
             amqp,
+            // A failed connect tells the browser to come back rather than
+            // giving it a status EventSource treats as final; every stream's
+            // retry: is jittered so a restart's reconnects spread out.
+            retry_on_backend_failure: true,
+            open_retry_jitter: Some((1_000, 5_000)),
             ..sse_gateway::Config::default()
         };
         let gateway = Gateway::builder(gw_config)
