@@ -54,7 +54,12 @@ impl Hub {
     /// Opens a stream and reads through `ready`; returns the stream and the
     /// application events that came before `ready`.
     pub async fn open(&self, request_id: &str) -> (SseClient, Vec<(String, Value)>) {
-        let mut c = SseClient::open(self.addr(), &format!("/api/sse/stream?request_id={request_id}"), &[]).await;
+        self.open_with(request_id, &[]).await
+    }
+
+    /// [`Hub::open`] with extra request headers (a bearer token, a cookie).
+    pub async fn open_with(&self, request_id: &str, headers: &[(&str, &[u8])]) -> (SseClient, Vec<(String, Value)>) {
+        let mut c = SseClient::open(self.addr(), &format!("/api/sse/stream?request_id={request_id}"), headers).await;
         assert_eq!(c.head.status, 200, "stream status");
         let mut before = Vec::new();
         loop {
