@@ -46,10 +46,32 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
 /// `N` distinct loopback ports that were free a moment ago, for a server that
 /// must keep its port across a restart (so it cannot be handed port 0 and a
 /// listener). All are held while choosing, so they differ.
+///
+/// They come from below the kernel's ephemeral range (`ip_local_port_range`,
+/// 32768 and up by default): a port the kernel hands out for outgoing
+/// connections, which the test suite opens by the thousand, could be taken
+/// between this choice and the server's bind (RabbitMQ then fails to boot
+/// with "could not bind to distribution port"). Nothing binds below that
+/// range unless asked to.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port")).collect();
-    std::array::from_fn(|i| listeners[i].local_addr().expect("local address").port())
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001 + N as u16 * 2));
+    let span = u32::from(high - low);
+    let mut next = low + (uuid::Uuid::new_v4().as_u128() % u128::from(span)) as u16;
+    let mut held = Vec::with_capacity(N);
+    for _ in 0..span {
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", next)) {
+            held.push(l);
+            if held.len() == N {
+                return std::array::from_fn(|i| held[i].local_addr().expect("local address").port());
+            }
+        }
+        next = if next + 1 >= high { low } else { next + 1 };
+    }
+    panic!("no {N} free loopback ports below {high}");
 }
 
 /// Path of a binary of this workspace (e.g. `sse-gateway`) for black-box tests
