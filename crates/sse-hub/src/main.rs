@@ -48,8 +48,17 @@ fn command() -> Command {
         )
         .after_help(
             "A flag wins over its environment variable; a true/false flag given alone means true. RUST_LOG sets \
-             the log filter (default: info).",
+             the log filter (default: info). SIGTERM or Ctrl-C stops the hub: running tasks are cancelled \
+             (streams get task_cancelled) and streams are drained; a second signal exits at once (code 130 for \
+             Ctrl-C, 143 for SIGTERM). `--help` also lists every endpoint.",
         )
+        .after_long_help(format!(
+            "A flag wins over its environment variable; a true/false flag given alone means true. RUST_LOG sets \
+             the log filter (default: info). SIGTERM or Ctrl-C stops the hub: running tasks are cancelled \
+             (streams get task_cancelled) and streams are drained; a second signal exits at once (code 130 for \
+             Ctrl-C, 143 for SIGTERM).\n\n{}",
+            sse_hub::endpoints::help_text()
+        ))
         .args(SETTINGS.iter().map(arg))
         .subcommand(nudge)
 }
@@ -104,14 +113,24 @@ async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
     let listener = sse_gateway::listen(std::net::SocketAddr::new(cfg.host, cfg.port))
         .with_context(|| format!("cannot listen on {}:{}", cfg.host, cfg.port))?;
     let hub = sse_hub::start(cfg, listener).await?;
+    // The first line is for scripts (the bound address); the second is the
+    // page to open (loopback when bound to all interfaces).
     println!("sse-hub listening on http://{}", hub.addr);
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    hub.shutdown().await;
-    Ok(())
+    println!("sse-hub dashboard: {}/", sse_hub::local_url(hub.addr));
+    let first = shutdown_signal().await;
+    tracing::info!(signal = first, "shutting down (a second Ctrl-C or SIGTERM exits at once)");
+    tokio::select! {
+        () = hub.shutdown() => Ok(()),
+        second = shutdown_signal() => {
+            eprintln!("sse-hub: second {second}: exiting at once");
+            // Skips the runtime's teardown (blocking threads, open files).
+            std::process::exit(match second { "SIGTERM" => 143, _ => 130 });
+        }
+    }
 }
 
-async fn shutdown_signal() {
+/// Waits for Ctrl-C (SIGINT) or SIGTERM; returns which.
+async fn shutdown_signal() -> &'static str {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -124,8 +143,8 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        () = term => "SIGTERM",
     }
 }
 
