@@ -7,6 +7,9 @@
 //! still buffers, so it arrives before `ready`. A push broadcasts to every
 //! stream and is remembered as pending for its `request_id`. The push is
 //! reachable through [`VersionService::router`], behind a bearer secret.
+//! [`VersionService::push_to`] (one open stream, or `NotConnected`) and
+//! [`VersionService::push_all`] / [`VersionService::notify_all`] (everyone)
+//! are for servers whose route validates its target.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
