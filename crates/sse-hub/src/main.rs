@@ -113,15 +113,18 @@ async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
     let listener = sse_gateway::listen(std::net::SocketAddr::new(cfg.host, cfg.port))
         .with_context(|| format!("cannot listen on {}:{}", cfg.host, cfg.port))?;
     let hub = sse_hub::start(cfg, listener).await?;
+    // Installed before the address is printed: a signal sent by whoever
+    // waits for that line is always handled.
+    let mut signals = Signals::new()?;
     // The first line is for scripts (the bound address); the second is the
     // page to open (loopback when bound to all interfaces).
     println!("sse-hub listening on http://{}", hub.addr);
     println!("sse-hub dashboard: {}/", sse_hub::local_url(hub.addr));
-    let first = shutdown_signal().await;
+    let first = signals.recv().await;
     tracing::info!(signal = first, "shutting down (a second Ctrl-C or SIGTERM exits at once)");
     tokio::select! {
         () = hub.shutdown() => Ok(()),
-        second = shutdown_signal() => {
+        second = signals.recv() => {
             eprintln!("sse-hub: second {second}: exiting at once");
             // Skips the runtime's teardown (blocking threads, open files).
             std::process::exit(match second { "SIGTERM" => 143, _ => 130 });
@@ -129,22 +132,27 @@ async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
     }
 }
 
-/// Waits for Ctrl-C (SIGINT) or SIGTERM; returns which.
-async fn shutdown_signal() -> &'static str {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+/// Ctrl-C (SIGINT) and SIGTERM.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    /// Waits for the next one; returns which.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        () = term => "SIGTERM",
     }
 }
 

@@ -66,7 +66,9 @@ async fn a_second_sigint_exits_at_once_with_130() {
     let head =
         "POST /api/tasks HTTP/1.1\r\nHost: hub\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
     slow.write_all(head.as_bytes()).await.expect("write");
-    let (_c, _) = hub.open(&rid("int")).await; // the request above reached the server before this stream
+    // Accepted before this stream; by the time the stream is ready, that
+    // request's head has long been read.
+    let (_c, _) = hub.open(&rid("int")).await;
 
     hub.process.signal(SIGINT);
     hub.process.wait_for_log("shutting down: draining streams").await;
