@@ -121,6 +121,23 @@ impl Lifecycle {
         });
     }
 
+    /// Opt-in, after [`Lifecycle::manage_services`]: at prepare-shutdown,
+    /// cancel every pending and running task (each stream hears
+    /// `task_cancelled`) instead of waiting up to the graceful timeout for
+    /// them; the tasks waiter then only waits until those events are sent.
+    /// For servers whose tasks are not worth finishing (demos, previews).
+    pub fn cancel_tasks_on_shutdown(&self, tasks: &crate::tasks::TaskService) {
+        let t = tasks.clone();
+        self.register_listener(move |e| {
+            if e == LifecycleEvent::PrepareShutdown {
+                let n = t.cancel_all();
+                if n > 0 {
+                    tracing::info!(tasks = n, "shutdown: cancelled the live tasks");
+                }
+            }
+        });
+    }
+
     fn fire(&self, event: LifecycleEvent) {
         let list = self.listeners().clone();
         for l in list {
@@ -294,6 +311,34 @@ mod tests {
         }
         lc.shutdown().await;
         assert_eq!(*seen.lock().unwrap(), vec![("a", 10), ("b", 6)], "b used the rest; c was skipped");
+    }
+
+    #[tokio::test]
+    async fn cancel_tasks_on_shutdown_ends_a_never_ending_task_instead_of_waiting_for_it() {
+        let (rec, cm) = crate::testing::Recorder::manager();
+        cm.on_connect("r1", "t1", "/", None, None).await;
+        let tasks = crate::tasks::TaskService::new(crate::tasks::TaskConfig::default(), cm.clone());
+        let version = crate::version::VersionService::new(crate::version::VersionConfig::default(), cm.clone());
+        let subs = crate::subscriptions::Subscriptions::new(cm);
+        let lc = Lifecycle::new(Duration::from_secs(600), Metrics::default());
+        lc.manage_services(&tasks, &version, &subs);
+        lc.cancel_tasks_on_shutdown(&tasks);
+        let info = tasks
+            .start_task(
+                crate::tasks::task_fn(|ctx| async move {
+                    ctx.cancelled().await;
+                    Ok(None)
+                }),
+                None,
+            )
+            .unwrap();
+        // Bounded well below the graceful timeout: without the option this waits 600 s.
+        tokio::time::timeout(Duration::from_secs(5), lc.shutdown()).await.expect("shutdown did not wait for the task");
+        let cancelled = rec.events().iter().any(|(_, e)| {
+            serde_json::from_str::<serde_json::Value>(&e.data)
+                .is_ok_and(|v| v["task_id"] == info.task_id.as_str() && v["event_type"] == "task_cancelled")
+        });
+        assert!(cancelled, "task_cancelled was sent before shutdown returned");
     }
 
     #[tokio::test]

@@ -430,6 +430,21 @@ impl TaskService {
         done
     }
 
+    /// Cancels every pending and running task (each emits `task_cancelled`
+    /// with `data: {"reason":"shutdown"}`); returns how many. Used by
+    /// [`crate::lifecycle::Lifecycle::cancel_tasks_on_shutdown`].
+    pub fn cancel_all(&self) -> usize {
+        let mut tasks = self.tasks();
+        let mut n = 0;
+        for e in tasks.values_mut() {
+            if e.finish(TaskStatus::Cancelled, "task_cancelled", json!({"reason": "shutdown"})) {
+                e.cancel.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Forgets an ended task; false if unknown or still live.
     pub fn remove_completed_task(&self, task_id: &str) -> bool {
         let mut tasks = self.tasks();
@@ -648,6 +663,29 @@ mod tests {
         let done = svc.start_task(demo(1), None).unwrap();
         rec.wait_for("second end", ended(2)).await;
         assert!(!svc.cancel_task(&done.task_id), "completed");
+    }
+
+    #[tokio::test]
+    async fn cancel_all_cancels_running_and_queued_tasks_with_a_shutdown_reason() {
+        let (rec, svc) = setup(TaskConfig { max_workers: 1, ..TaskConfig::default() }).await;
+        let forever = || {
+            task_fn(|ctx| async move {
+                ctx.cancelled().await;
+                Ok(None)
+            })
+        };
+        let running = svc.start_task(forever(), None).unwrap();
+        let queued = svc.start_task(forever(), None).unwrap();
+        assert_eq!(svc.cancel_all(), 2);
+        assert!(svc.wait_idle(Duration::from_secs(5)).await, "both terminal events sent");
+        let ev = rec.events();
+        for id in [&running.task_id, &queued.task_id] {
+            let last = payloads(&ev, id).pop().unwrap();
+            assert_eq!(last["event_type"], "task_cancelled");
+            assert_eq!(last["data"], json!({"reason": "shutdown"}));
+            assert_eq!(svc.get_task_status(id).unwrap().status, TaskStatus::Cancelled);
+        }
+        assert_eq!(svc.cancel_all(), 0, "nothing live is left");
     }
 
     #[tokio::test]

@@ -7,6 +7,9 @@
 //! still buffers, so it arrives before `ready`. A push broadcasts to every
 //! stream and is remembered as pending for its `request_id`. The push is
 //! reachable through [`VersionService::router`], behind a bearer secret.
+//! [`VersionService::push_to`] (one open stream, or `NotConnected`) and
+//! [`VersionService::push_all`] / [`VersionService::notify_all`] (everyone)
+//! are for servers whose route validates its target.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,13 +111,46 @@ impl VersionService {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
             return false;
         }
-        let mut payload = json!({"version": version});
-        if let Some(c) = changelog.filter(|c| !c.is_empty()) {
-            payload["changelog"] = json!(c);
-        }
+        let payload = version_payload(version, changelog);
         self.pending().insert(request_id.to_owned(), payload.clone());
         self.inner.manager.broadcast(&Event::json("version", &payload), None, "version").await;
         true
+    }
+
+    /// Sends `{"version","changelog"?}` to the stream of `request_id` only
+    /// and remembers it for that id's reconnects; nothing is done (and
+    /// nothing remembered) when no stream of that id is open.
+    pub async fn push_to(&self, request_id: &str, version: &str, changelog: Option<&str>) -> Delivery {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Delivery::ShuttingDown;
+        }
+        if !self.inner.manager.has_connection(request_id) {
+            return Delivery::NotConnected;
+        }
+        let payload = version_payload(version, changelog);
+        self.pending().insert(request_id.to_owned(), payload.clone());
+        match self.inner.manager.send_to(request_id, &Event::json("version", &payload), "version").await {
+            true => Delivery::Delivered,
+            false => Delivery::NotDelivered,
+        }
+    }
+
+    /// Sends `{"version","changelog"?}` to every open stream (nothing is
+    /// remembered: a stream opened later gets the version document).
+    pub async fn push_all(&self, version: &str, changelog: Option<&str>) -> Delivery {
+        self.notify_all(&version_payload(version, changelog)).await
+    }
+
+    /// Sends `payload` as the `version` event to every open stream (e.g. a
+    /// version document that changed on disk, forwarded verbatim).
+    pub async fn notify_all(&self, payload: &Value) -> Delivery {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return Delivery::ShuttingDown;
+        }
+        match self.inner.manager.broadcast(&Event::json("version", payload), None, "version").await {
+            true => Delivery::Delivered,
+            false => Delivery::NotDelivered,
+        }
     }
 
     /// PREPARE_SHUTDOWN: ignore pushes from now on.
@@ -135,6 +171,27 @@ impl VersionService {
             .route("/internal/deployments/version", axum::routing::post(push_route))
             .with_state((self.clone(), Arc::new(secret)))
     }
+}
+
+/// What became of a targeted or broadcast push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Sent (to at least one stream).
+    Delivered,
+    /// Nothing was delivered (no open stream, or the send failed).
+    NotDelivered,
+    /// No stream with that `request_id` is open.
+    NotConnected,
+    /// Shutdown began; pushes are ignored.
+    ShuttingDown,
+}
+
+fn version_payload(version: &str, changelog: Option<&str>) -> Value {
+    let mut payload = json!({"version": version});
+    if let Some(c) = changelog.filter(|c| !c.is_empty()) {
+        payload["changelog"] = json!(c);
+    }
+    payload
 }
 
 /// Body of a version push.
@@ -210,6 +267,27 @@ mod tests {
         svc.shutdown();
         assert!(svc.pending().is_empty());
         assert!(rec.calls().is_empty(), "no connections: nothing sent");
+    }
+
+    #[tokio::test]
+    async fn push_to_reaches_only_its_stream_and_an_unknown_id_is_not_connected() {
+        let (rec, cm) = Recorder::manager();
+        let svc = VersionService::new(VersionConfig::default(), cm.clone());
+        cm.on_connect("r1", "t1", "/", None, None).await;
+        cm.on_connect("r2", "t2", "/", None, None).await;
+        rec.clear();
+        assert_eq!(svc.push_to("nope", "v2", None).await, Delivery::NotConnected);
+        assert!(rec.calls().is_empty() && svc.pending().is_empty(), "nothing sent or remembered");
+        assert_eq!(svc.push_to("r1", "v2", None).await, Delivery::Delivered);
+        assert_eq!(rec.targets(), vec!["t1"], "only r1's stream");
+        rec.clear();
+        assert_eq!(svc.push_all("v3", Some("notes")).await, Delivery::Delivered);
+        let mut targets = rec.targets();
+        targets.sort();
+        assert_eq!(targets, vec!["t1", "t2"], "everyone");
+        svc.prepare_shutdown();
+        assert_eq!(svc.push_all("v4", None).await, Delivery::ShuttingDown);
+        assert_eq!(svc.push_to("r1", "v4", None).await, Delivery::ShuttingDown);
     }
 
     #[test]

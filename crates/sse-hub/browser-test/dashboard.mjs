@@ -1,19 +1,21 @@
 // Drives the sse-hub dashboard in headless Debian chromium (playwright-core,
 // no downloaded browser). Usage:
-//   node dashboard.mjs <hub-url> <screenshot.png> <lease-ip> <log-message> <device-entity-id>
+//   node dashboard.mjs <hub-url> <screenshot.png> <lease-ip> <log-message> <device-entity-id> <version>
 // Protocol with the Rust test (tests/dashboard.rs): after the page is live,
 // a task started from the page has completed and the device subscription is
 // confirmed, this prints "subscribed"; the test then appends <lease-ip> to
 // the lease file and publishes <log-message> to Mosquitto; this waits for
-// both on the page, saves a screenshot, prints "screenshot: <path>" and
+// both on the page, then prints "awaiting version"; the test pushes
+// <version> to every stream; this waits for the header to show it and the
+// reload banner to appear, saves a screenshot, prints "screenshot: <path>" and
 // "dashboard ok", and exits 0. Any failure exits 1 with a message; so does
 // any error the page itself reports (an uncaught exception or a console
 // error), checked after every step.
 import { chromium } from "playwright-core";
 
-const [url, shot, leaseIp, logMessage, device] = process.argv.slice(2);
-if (!url || !shot || !leaseIp || !logMessage || !device) {
-  console.error("usage: node dashboard.mjs <url> <screenshot> <lease-ip> <log-message> <device>");
+const [url, shot, leaseIp, logMessage, device, version] = process.argv.slice(2);
+if (!url || !shot || !leaseIp || !logMessage || !device || !version) {
+  console.error("usage: node dashboard.mjs <url> <screenshot> <lease-ip> <log-message> <device> <version>");
   process.exit(2);
 }
 const T = 15000;
@@ -77,6 +79,14 @@ try {
   console.log("lease shown");
   await page.waitForFunction((msg) => [...document.querySelectorAll("#log-lines .log-line")].some((l) => l.textContent.includes(msg)), logMessage, { timeout: T });
   console.log("log line shown");
+  const before = await page.textContent("#version");
+  if (before === version) throw new Error("the header already shows " + version);
+  console.log("awaiting version");
+  await page.waitForFunction((v) => document.querySelector("#version").textContent === v
+    && document.querySelector("#version-banner").classList.contains("show")
+    && document.querySelector("#new-version").textContent === v, version, { timeout: T });
+  noPageErrors("version pushed");
+  console.log("version shown");
   await page.screenshot({ path: shot, fullPage: true });
   console.log("screenshot: " + shot);
   noPageErrors("the end");

@@ -42,13 +42,14 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// Why the hub cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The demo data directory cannot be created.
-    #[error("cannot create the data directory {path}: {source}")]
+    /// The demo data directory cannot be created. (The OS error is part of
+    /// the message, not a `source`, so a chain print shows it once.)
+    #[error("cannot create the data directory {path}: {error}")]
     DataDir {
         /// The directory.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The dnsmasq configuration cannot be read.
     #[error(transparent)]
@@ -69,8 +70,9 @@ pub struct RunningHub {
 }
 
 impl RunningHub {
-    /// Graceful shutdown: refuse new tasks, wait for running ones (up to the
-    /// graceful timeout), stop the background loops, drain the streams.
+    /// Graceful shutdown: refuse new tasks, cancel the live ones (their
+    /// streams hear `task_cancelled`), stop the background loops, drain the
+    /// streams (up to the gateway's shutdown deadline).
     pub async fn shutdown(self) {
         self.lifecycle.shutdown().await;
         self.stop.cancel();
@@ -80,6 +82,17 @@ impl RunningHub {
         if let Err(e) = self.server.await {
             tracing::error!(error = %e, "server task ended abnormally");
         }
+    }
+}
+
+/// `http://HOST:PORT` to reach a listener at `addr` from this machine: an
+/// unspecified address (`0.0.0.0`, `::`) becomes loopback.
+pub fn local_url(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
+        SocketAddr::V4(a) => format!("http://{a}"),
+        SocketAddr::V6(a) if a.ip().is_unspecified() => format!("http://[::1]:{}", a.port()),
+        SocketAddr::V6(a) => format!("http://[{}]:{}", a.ip(), a.port()),
     }
 }
 
@@ -119,7 +132,7 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
     let oidc = cfg.oidc.clone();
     if cfg.dnsmasq_config.is_none() {
         let created = crate::demo_data::ensure(&cfg.data_dir, now_secs())
-            .map_err(|source| StartError::DataDir { path: cfg.data_dir.clone(), source })?;
+            .map_err(|error| StartError::DataDir { path: cfg.data_dir.clone(), error })?;
         if !created.is_empty() {
             tracing::info!(dir = %cfg.data_dir.display(), files = ?created, "created demo data");
         }
@@ -143,11 +156,7 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
     let callback = Arc::new(CallbackHandler::new(cfg.callback.clone(), manager.clone(), identity.clone()));
     let tasks = TaskService::new(cfg.tasks.clone(), manager.clone());
     tasks.start_cleanup();
-    let self_ip = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-    let self_url = match addr {
-        SocketAddr::V6(_) if !addr.ip().is_unspecified() => format!("http://[{self_ip}]:{}", addr.port()),
-        _ => format!("http://{self_ip}:{}", addr.port()),
-    };
+    let self_url = local_url(addr);
     let version = VersionService::new(cfg.version(&self_url), manager.clone());
     let subscriptions = Subscriptions::new(manager.clone());
     let logs = DeviceLogs::new(subscriptions.clone(), identity.clone(), metrics.clone());
@@ -158,6 +167,9 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
 
     let lifecycle = Lifecycle::new(cfg.graceful_shutdown_timeout, backend_metrics);
     lifecycle.manage_services(&tasks, &version, &subscriptions);
+    // A stop ends the demo tasks (their streams hear task_cancelled) rather
+    // than waiting up to the graceful timeout for them.
+    lifecycle.cancel_tasks_on_shutdown(&tasks);
     let r = rotation.clone();
     lifecycle.register_listener(move |e| {
         if e == LifecycleEvent::PrepareShutdown {
@@ -169,6 +181,9 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
     let stop = CancellationToken::new();
     let poll = (cfg.lease_poll_seconds > 0).then(|| Duration::from_secs(cfg.lease_poll_seconds));
     leases.start(poll, stop.clone());
+    if let Some(path) = cfg.frontend_version_file.clone() {
+        crate::version_file::start(path, version.clone(), stop.clone());
+    }
     if let Some(m) = mqtt {
         tokio::spawn(crate::mqtt::run(m, logs.clone(), metrics.clone(), stop.clone()));
     }
@@ -243,4 +258,18 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
         (server, None)
     };
     Ok(RunningHub { addr, lifecycle, stop, gateway_shutdown, server })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_url;
+
+    #[test]
+    fn local_url_turns_an_unspecified_address_into_loopback() {
+        let url = |s: &str| local_url(s.parse().unwrap());
+        assert_eq!(url("0.0.0.0:8080"), "http://127.0.0.1:8080");
+        assert_eq!(url("[::]:8080"), "http://[::1]:8080");
+        assert_eq!(url("192.168.1.2:80"), "http://192.168.1.2:80");
+        assert_eq!(url("[fe80::1]:80"), "http://[fe80::1]:80");
+    }
 }

@@ -89,7 +89,7 @@ pub mod settings {
         shared backend::TASK_MAX_WORKERS;
         shared backend::TASK_TIMEOUT_SECONDS;
         shared backend::TASK_CLEANUP_INTERVAL_SECONDS;
-        changed backend::GRACEFUL_SHUTDOWN_TIMEOUT, Some("30"), "Seconds a shutdown waits for running tasks";
+        changed backend::GRACEFUL_SHUTDOWN_TIMEOUT, Some("30"), "Seconds a shutdown waits for the running tasks (the hub cancels them) to send their last events";
         MQTT_URL = "MQTT_URL", "mqtt-url", None, "MQTT broker for device logs, mqtt://host:port (port 1883 when omitted); unset: HTTP ingest only";
         MQTT_TOPIC = "MQTT_TOPIC", "mqtt-topic", Some("iotsupport/logsink"), "Topic of the NDJSON log messages";
         MQTT_CLIENT_ID = "MQTT_CLIENT_ID", "mqtt-client-id", None, "MQTT client id (unset: the username, else sse-hub)";

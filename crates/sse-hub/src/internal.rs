@@ -19,10 +19,11 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use serde::Deserialize;
 use serde_json::json;
 use sse_backend::ConnectionManager;
 use sse_backend::broadcaster::Event;
-use sse_backend::version::{PushBody, VersionService, bearer_matches};
+use sse_backend::version::{Delivery, VersionService, bearer_matches};
 
 use crate::metrics::HubMetrics;
 
@@ -128,26 +129,61 @@ async fn nudge_route(State(r): State<Rotation>) -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `POST /internal/deployments/version` `{"request_id","version","changelog"?}`
-/// -> 202 `{"request_id","delivered","status"}` (the toolkit's push; access
-/// by [`InternalAccess`], so it also works on loopback without a secret).
+/// `POST /internal/deployments/version` `{"version","changelog"?,"request_id"?}`
+/// (access by [`InternalAccess`], so it also works on loopback without a
+/// secret):
+///
+/// * with `request_id`: to that stream only (remembered for its reconnects);
+///   404 when no stream with that id is open;
+/// * without: to every open stream;
+///
+/// -> 202 `{"request_id","delivered","status":"delivered"|"not delivered"}`,
+/// 400 for a bad body, 503 once shutdown began.
 pub fn version_router(version: VersionService) -> axum::Router {
     axum::Router::new().route("/internal/deployments/version", post(version_route)).with_state(version)
 }
 
+/// Body of a version push.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionPush {
+    /// The one stream to tell; absent: every stream.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// The new version.
+    pub version: String,
+    /// Optional changelog.
+    #[serde(default)]
+    pub changelog: Option<String>,
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
 async fn version_route(State(v): State<VersionService>, body: Bytes) -> Response {
-    let body: PushBody = match serde_json::from_slice(&body) {
+    let body: VersionPush = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, Json(json!({"error": format!("Invalid payload: {e}")}))).into_response();
-        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("Invalid payload: {e}")),
     };
-    if body.request_id.is_empty() || body.version.is_empty() {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "request_id and version are required"})))
-            .into_response();
+    if body.version.is_empty() || body.request_id.as_deref() == Some("") {
+        return error(StatusCode::BAD_REQUEST, "version is required; request_id, when given, is not empty".into());
     }
-    let delivered = v.push(&body.request_id, &body.version, body.changelog.as_deref()).await;
-    let status = if delivered { "delivered" } else { "queued" };
+    let changelog = body.changelog.as_deref();
+    let delivery = match &body.request_id {
+        Some(rid) => v.push_to(rid, &body.version, changelog).await,
+        None => v.push_all(&body.version, changelog).await,
+    };
+    let status = match delivery {
+        Delivery::Delivered => "delivered",
+        Delivery::NotDelivered => "not delivered",
+        Delivery::NotConnected => {
+            let rid = body.request_id.unwrap_or_default();
+            return error(StatusCode::NOT_FOUND, format!("no open stream with request_id {rid:?}"));
+        }
+        Delivery::ShuttingDown => return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()),
+    };
+    let delivered = delivery == Delivery::Delivered;
     (StatusCode::ACCEPTED, Json(json!({"request_id": body.request_id, "delivered": delivered, "status": status})))
         .into_response()
 }

@@ -48,8 +48,17 @@ fn command() -> Command {
         )
         .after_help(
             "A flag wins over its environment variable; a true/false flag given alone means true. RUST_LOG sets \
-             the log filter (default: info).",
+             the log filter (default: info). SIGTERM or Ctrl-C stops the hub: running tasks are cancelled \
+             (streams get task_cancelled) and streams are drained; a second signal exits at once (code 130 for \
+             Ctrl-C, 143 for SIGTERM). `--help` also lists every endpoint.",
         )
+        .after_long_help(format!(
+            "A flag wins over its environment variable; a true/false flag given alone means true. RUST_LOG sets \
+             the log filter (default: info). SIGTERM or Ctrl-C stops the hub: running tasks are cancelled \
+             (streams get task_cancelled) and streams are drained; a second signal exits at once (code 130 for \
+             Ctrl-C, 143 for SIGTERM).\n\n{}",
+            sse_hub::endpoints::help_text()
+        ))
         .args(SETTINGS.iter().map(arg))
         .subcommand(nudge)
 }
@@ -104,28 +113,46 @@ async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
     let listener = sse_gateway::listen(std::net::SocketAddr::new(cfg.host, cfg.port))
         .with_context(|| format!("cannot listen on {}:{}", cfg.host, cfg.port))?;
     let hub = sse_hub::start(cfg, listener).await?;
+    // Installed before the address is printed: a signal sent by whoever
+    // waits for that line is always handled.
+    let mut signals = Signals::new()?;
+    // The first line is for scripts (the bound address); the second is the
+    // page to open (loopback when bound to all interfaces).
     println!("sse-hub listening on http://{}", hub.addr);
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    hub.shutdown().await;
-    Ok(())
+    println!("sse-hub dashboard: {}/", sse_hub::local_url(hub.addr));
+    let first = signals.recv().await;
+    tracing::info!(signal = first, "shutting down (a second Ctrl-C or SIGTERM exits at once)");
+    tokio::select! {
+        () = hub.shutdown() => Ok(()),
+        second = signals.recv() => {
+            eprintln!("sse-hub: second {second}: exiting at once");
+            // Skips the runtime's teardown (blocking threads, open files).
+            std::process::exit(match second { "SIGTERM" => 143, _ => 130 });
+        }
+    }
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+/// Ctrl-C (SIGINT) and SIGTERM.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    /// Waits for the next one; returns which.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
     }
 }
 

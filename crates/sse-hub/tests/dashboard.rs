@@ -3,7 +3,9 @@
 //! Debian chromium driven by `browser-test/dashboard.mjs` (playwright-core).
 //! The page starts a task and watches its progress bar show a step midway and
 //! then complete, subscribes to a device; then this test appends a lease to the file and publishes a
-//! log line to Mosquitto, and the page must show both. The screenshot path is
+//! log line to Mosquitto, and the page must show both; then this test pushes
+//! a version to every stream and the header must show it (with the reload
+//! banner). The screenshot path is
 //! printed (`screenshot: ...`) for CI to keep. Any error the page reports (an
 //! uncaught exception, a console error) fails the run.
 //!
@@ -58,9 +60,10 @@ async fn dashboard_shows_a_new_lease_a_task_started_from_the_page_and_a_publishe
     let lease_ip = "192.168.1.177";
     let device = "sensor.browser";
     let message = format!("hello from mqtt {run}");
+    let version = format!("9.9.{}", &run[..6]);
     let mut child = tokio::process::Command::new("node")
         .arg(browser_dir().join("dashboard.mjs"))
-        .args([&format!("http://{}/", hub.addr()), shot.to_str().expect("utf-8"), lease_ip, &message, device])
+        .args([&format!("http://{}/", hub.addr()), shot.to_str().expect("utf-8"), lease_ip, &message, device, &version])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -87,6 +90,11 @@ async fn dashboard_shows_a_new_lease_a_task_started_from_the_page_and_a_publishe
                 let ndjson = format!("{{\"entity_id\":\"{device}\",\"message\":\"\\u001b[1m{message}\\u001b[0m\"}}\n");
                 mqtt_publish(&url, &topic, ndjson.as_bytes()).await;
             }
+            if line == "awaiting version" {
+                let body = serde_json::json!({"version": version, "changelog": "browser test"});
+                let r = hub.post("/internal/deployments/version", &body).await;
+                assert_eq!(r.status, 202, "version push: {:?}", String::from_utf8_lossy(&r.body));
+            }
             println!("node: {line}");
             lines.push(line);
         }
@@ -107,6 +115,7 @@ async fn dashboard_shows_a_new_lease_a_task_started_from_the_page_and_a_publishe
         "subscribed",
         "lease shown",
         "log line shown",
+        "version shown",
         "no page errors",
         "dashboard ok",
     ] {

@@ -205,11 +205,18 @@ async fn version_push_needs_the_secret_reaches_streams_and_is_pending_on_connect
     assert_eq!(hub.post_with("/internal/deployments/version", &body, &bad).await.status, 401);
     let auth = [("Authorization", "Bearer s3cret")];
     let r = hub.post_with("/internal/deployments/version", &body, &auth).await;
+    assert_eq!(r.status, 404, "no stream vb is open");
+    let (b, _) = hub.open("vb").await;
+    let r = hub.post_with("/internal/deployments/version", &body, &auth).await;
     assert_eq!(r.status, 202);
     assert_eq!(r.json(), json!({"request_id": "vb", "delivered": true, "status": "delivered"}));
-    assert_eq!(next_app(&mut a).await, ("version".to_owned(), json!({"version": "v2", "changelog": "fixes"})));
+    b.close().await;
     let (_b, before) = hub.open("vb").await;
     assert_eq!(before, vec![("version".to_owned(), json!({"version": "v2", "changelog": "fixes"}))], "pending");
+    let all = json!({"version": "v3"});
+    assert_eq!(hub.post_with("/internal/deployments/version", &all, &auth).await.status, 202);
+    // va's next event is the broadcast: the push to vb did not reach it.
+    assert_eq!(next_app(&mut a).await, ("version".to_owned(), json!({"version": "v3"})));
 
     // Rotation: the secret is required, and the subcommand sends it.
     assert_eq!(hub.post("/internal/rotation-nudge", &json!({})).await.status, 401);
