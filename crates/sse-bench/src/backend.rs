@@ -2,6 +2,10 @@
 //! answers every `POST` with 200 `{}` (accept, no bindings of its own) over
 //! keep-alive connections, and keeps the set of live tokens (connect adds,
 //! disconnect removes) for `GET /tokens`, which the `send` scenario reads.
+//! Rosters (`"action":"roster"`) are answered 200 too, parsed, and counted
+//! (how many, body bytes, tokens) for `GET /stats` (with the live token
+//! count), which the `admin` and `roster` scenarios read; they never change
+//! the token set.
 //!
 //! Raw HTTP/1.1 on tokio, like the client side: Content-Length bodies only
 //! (what the gateway sends), nothing else of HTTP it does not need.
@@ -15,8 +19,11 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-/// Largest request body accepted (callback bodies are a few hundred bytes).
-const MAX_BODY: usize = 1024 * 1024;
+use crate::client::{Dialer, Endpoint, HttpConn};
+
+/// Largest request body accepted (callback bodies are a few hundred bytes; a
+/// roster of 19,000 tokens is about 0.75 MB).
+const MAX_BODY: usize = 8 * 1024 * 1024;
 const MAX_HEAD: usize = 64 * 1024;
 
 /// Options of `sse-bench backend`.
@@ -27,20 +34,53 @@ pub struct BackendArgs {
     pub listen: SocketAddr,
 }
 
-type Tokens = Arc<Mutex<HashSet<String>>>;
+/// Rosters received so far, and the live token count (`GET /stats`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackendStats {
+    /// Tokens connected and not yet disconnected.
+    pub live_tokens: u64,
+    /// Roster callbacks received.
+    pub rosters: u64,
+    /// Their body bytes, summed.
+    pub bytes_total: u64,
+    /// Body bytes of the latest one.
+    pub last_bytes: u64,
+    /// Tokens listed by the latest one.
+    pub last_tokens: u64,
+}
+
+/// Reads the backend's `GET /stats` (used by the `admin` and `roster` scenarios).
+pub async fn fetch_stats(dialer: &Dialer, backend: &Endpoint) -> anyhow::Result<BackendStats> {
+    let path = format!("{}/stats", backend.path.trim_end_matches('/'));
+    let mut conn = HttpConn::new(backend.with_path(&path));
+    let resp = conn.request_default(dialer, "GET", b"").await.context("GET /stats from the backend")?;
+    if resp.status != 200 {
+        bail!("GET /stats from the backend answered HTTP {}", resp.status);
+    }
+    serde_json::from_slice(&resp.body).context("GET /stats: not the stats object")
+}
+
+/// What the backend keeps: live tokens and roster counts.
+#[derive(Debug, Default)]
+struct State {
+    tokens: Mutex<HashSet<String>>,
+    rosters: Mutex<BackendStats>,
+}
+
+type Shared = Arc<State>;
 
 /// Serves until the process is stopped.
 pub async fn run(args: BackendArgs) -> anyhow::Result<()> {
     let listener = listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     // Scripts read this line to learn the port.
     println!("sse-bench backend listening on http://{}", listener.local_addr()?);
-    let tokens: Tokens = Arc::default();
+    let state: Shared = Arc::default();
     loop {
         match listener.accept().await {
             Ok((tcp, _)) => {
-                let tokens = Arc::clone(&tokens);
+                let state = Arc::clone(&state);
                 tokio::spawn(async move {
-                    if let Err(e) = serve(tcp, tokens).await {
+                    if let Err(e) = serve(tcp, state).await {
                         eprintln!("sse-bench backend: connection error: {e:#}");
                     }
                 });
@@ -100,7 +140,7 @@ fn parse_head(buf: &[u8]) -> anyhow::Result<Option<RequestHead>> {
     Ok(Some(head))
 }
 
-async fn serve(mut tcp: TcpStream, tokens: Tokens) -> anyhow::Result<()> {
+async fn serve(mut tcp: TcpStream, state: Shared) -> anyhow::Result<()> {
     tcp.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];
@@ -125,7 +165,7 @@ async fn serve(mut tcp: TcpStream, tokens: Tokens) -> anyhow::Result<()> {
             }
         }
         let body: Vec<u8> = buf.drain(..head.content_length).collect();
-        let (status, answer) = answer(&head.method, &head.path, &body, &tokens);
+        let (status, answer) = answer(&head.method, &head.path, &body, &state);
         let mut resp =
             format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", answer.len())
                 .into_bytes();
@@ -137,14 +177,21 @@ async fn serve(mut tcp: TcpStream, tokens: Tokens) -> anyhow::Result<()> {
     }
 }
 
-fn answer(method: &str, path: &str, body: &[u8], tokens: &Tokens) -> (&'static str, Vec<u8>) {
+fn answer(method: &str, path: &str, body: &[u8], state: &State) -> (&'static str, Vec<u8>) {
     match method {
         "POST" => {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
-                && let Some(token) = v.get("token").and_then(|t| t.as_str())
-            {
-                let mut live = tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                match v.get("action").and_then(|a| a.as_str()) {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return ("200 OK", b"{}".to_vec()) };
+            let action = v.get("action").and_then(|a| a.as_str());
+            if action == Some("roster") {
+                let listed = v.get("tokens").and_then(|t| t.as_array()).map_or(0, Vec::len);
+                let mut stats = state.rosters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                stats.rosters += 1;
+                stats.bytes_total += body.len() as u64;
+                stats.last_bytes = body.len() as u64;
+                stats.last_tokens = listed as u64;
+            } else if let Some(token) = v.get("token").and_then(|t| t.as_str()) {
+                let mut live = state.tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                match action {
                     Some("connect") => {
                         live.insert(token.to_owned());
                     }
@@ -157,9 +204,14 @@ fn answer(method: &str, path: &str, body: &[u8], tokens: &Tokens) -> (&'static s
             ("200 OK", b"{}".to_vec())
         }
         "GET" if path == "/tokens" => {
-            let live = tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let live = state.tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let list: Vec<&String> = live.iter().collect();
             ("200 OK", serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec()))
+        }
+        "GET" if path == "/stats" => {
+            let mut stats = *state.rosters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            stats.live_tokens = state.tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len() as u64;
+            ("200 OK", serde_json::to_vec(&stats).unwrap_or_else(|_| b"{}".to_vec()))
         }
         _ => ("404 Not Found", br#"{"error":"not found"}"#.to_vec()),
     }
@@ -171,7 +223,7 @@ mod tests {
 
     #[test]
     fn connect_adds_and_disconnect_removes_tokens() {
-        let tokens = Tokens::default();
+        let tokens = State::default();
         let connect = br#"{"action":"connect","token":"t1","request":{"url":"/s","headers":{}}}"#;
         assert_eq!(answer("POST", "/callback", connect, &tokens), ("200 OK", b"{}".to_vec()));
         assert_eq!(answer("GET", "/tokens", b"", &tokens).1, br#"["t1"]"#.to_vec());
@@ -179,6 +231,23 @@ mod tests {
         answer("POST", "/callback", disconnect, &tokens);
         assert_eq!(answer("GET", "/tokens", b"", &tokens).1, b"[]".to_vec());
         assert_eq!(answer("GET", "/other", b"", &tokens).0, "404 Not Found");
+    }
+
+    #[test]
+    fn rosters_are_counted_and_leave_tokens_alone() {
+        let state = State::default();
+        let connect = br#"{"action":"connect","token":"t1","request":{"url":"/s","headers":{}}}"#;
+        answer("POST", "/callback", connect, &state);
+        let roster = br#"{"action":"roster","instance":"gw","tokens":["t1","t2"],"interval_seconds":1}"#;
+        assert_eq!(answer("POST", "/callback", roster, &state), ("200 OK", b"{}".to_vec()));
+        answer("POST", "/callback", roster, &state);
+        let stats: serde_json::Value = serde_json::from_slice(&answer("GET", "/stats", b"", &state).1).expect("json");
+        let n = roster.len() as u64;
+        assert_eq!(
+            stats,
+            serde_json::json!({"live_tokens": 1, "rosters": 2, "bytes_total": 2 * n, "last_bytes": n, "last_tokens": 2})
+        );
+        assert_eq!(answer("GET", "/tokens", b"", &state).1, br#"["t1"]"#.to_vec());
     }
 
     #[test]

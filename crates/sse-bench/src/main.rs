@@ -10,8 +10,10 @@
 //! `sse_wire::Dechunker`), `fleet` (N client streams and what they receive), `payload`
 //! (the `{seq,ts}` payload), `target` (ours vs Nchan), `stats`
 //! (percentiles), `proc` (server RSS and CPU), `report` (progress and
-//! output), one module per scenario, and `compare` (the results table).
+//! output), one module per scenario (`admin` and `roster` measure the control
+//! plane), and `compare` (the results table).
 
+mod admin;
 mod backend;
 mod churn;
 mod client;
@@ -22,6 +24,7 @@ mod hold;
 mod payload;
 mod proc;
 mod report;
+mod roster;
 mod send;
 mod stats;
 mod target;
@@ -47,7 +50,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// A callback backend for the gateway: accepts every stream, lists live tokens at GET /tokens.
+    /// A callback backend for the gateway: accepts every stream and roster; GET /tokens, GET /stats.
     Backend(backend::BackendArgs),
     /// N idle streams; server RSS per stream.
     Hold(hold::HoldArgs),
@@ -55,6 +58,10 @@ enum Command {
     Fanout(fanout::FanoutArgs),
     /// Token sends per second to /internal/send (our gateway only).
     Send(send::SendArgs),
+    /// Admin API under N open streams: list all, page by key, close one, close all (our gateway only).
+    Admin(admin::AdminArgs),
+    /// Roster callbacks under N idle streams: bytes per roster, gateway and backend CPU (our gateway only).
+    Roster(roster::RosterArgs),
     /// Connect, wait until open, close, repeat; connects per second.
     Churn(churn::ChurnArgs),
     /// Print the ours-vs-Nchan table of a results directory.
@@ -87,6 +94,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hold(args) => emit(&hold::run(args, dialer).await?, cli.json),
         Command::Fanout(args) => emit(&fanout::run(args, dialer).await?, cli.json),
         Command::Send(args) => emit(&send::run(args, dialer).await?, cli.json),
+        Command::Admin(args) => emit(&admin::run(args, dialer).await?, cli.json),
+        Command::Roster(args) => emit(&roster::run(args, dialer).await?, cli.json),
         Command::Churn(args) => emit(&churn::run(args, dialer).await?, cli.json),
         Command::Compare(args) => {
             print!("{}", compare::table(&args.dir)?);
