@@ -25,6 +25,8 @@ pub(crate) struct Chunk {
     next: usize,
     tail: &'static [u8],
     pub(crate) terminated: bool,
+    /// Bytes written since the stream began (progress, for stall detection).
+    pub(crate) written: u64,
 }
 
 impl Chunk {
@@ -75,6 +77,7 @@ impl Chunk {
     }
 
     pub(crate) fn advance(&mut self, mut n: usize) {
+        self.written += n as u64;
         let head_left = self.head_len - self.head_pos;
         let step = n.min(head_left);
         self.head_pos += step;

@@ -59,6 +59,8 @@ pub mod settings {
         INTERNAL_PORT = "INTERNAL_PORT", "internal-port", None, "Port of the internal listener on 127.0.0.1 (/internal/*, /metrics)";
         INTERNAL_LISTEN = "INTERNAL_LISTEN", "internal-listen", None, "Internal listener address ip:port, overrides INTERNAL_PORT; port 0 picks a free port";
         INTERNAL_API_SECRET = "INTERNAL_API_SECRET", "internal-api-secret", None, "Bearer secret that unlocks /internal/publish and /metrics on the public port";
+        STREAM_SNDBUF_BYTES = "STREAM_SNDBUF_BYTES", "stream-sndbuf-bytes", Some("131072"), "Kernel send buffer of each stream socket (the kernel doubles it), so a client that stops reading holds little kernel memory; 0 = the kernel's default";
+        STREAM_STALL_SECONDS = "STREAM_STALL_SECONDS", "stream-stall-seconds", Some("30"), "Close a stream (reason error) whose socket has taken no byte for this long while data waits; 0 = never";
         MAX_CONNECTIONS = "MAX_CONNECTIONS", "max-connections", Some("50000"), "Most streams at once; beyond it a new stream gets a retry hint and ends";
         MAX_HEADER_BYTES = "MAX_HEADER_BYTES", "max-header-bytes", Some("16384"), "Largest request head in bytes (larger: 431); at least 1024";
         RABBITMQ_URL = "RABBITMQ_URL", "rabbitmq-url", None, "AMQP URL; enables the RabbitMQ ingress (scale-out)";
@@ -125,6 +127,11 @@ pub struct Config {
     pub retry_on_backend_failure: bool,
     /// `retry:` range (ms) written to every stream before `ready`; `None`: off.
     pub open_retry_jitter: Option<(u64, u64)>,
+    /// `SO_SNDBUF` of stream sockets; `None`: the kernel's default.
+    pub stream_sndbuf: Option<usize>,
+    /// A stream whose socket takes nothing this long while data waits is
+    /// closed; zero: never.
+    pub stream_stall: Duration,
 }
 
 /// The AMQP ingress settings (SSEGateway names).
@@ -318,6 +325,13 @@ impl Config {
             instance_id,
             retry_on_backend_failure,
             open_retry_jitter,
+            stream_sndbuf: r
+                .number(s::STREAM_SNDBUF_BYTES, 0, "a number of bytes (0: the kernel's default)")?
+                .filter(|n| *n > 0)
+                .map(usize_of),
+            stream_stall: Duration::from_secs(
+                r.number(s::STREAM_STALL_SECONDS, 0, "an integer number of seconds (0: never)")?.unwrap_or(30),
+            ),
             roster_interval: Duration::from_secs(
                 r.number(s::ROSTER_INTERVAL_SECONDS, 0, "an integer number of seconds (0: off)")?.unwrap_or(0),
             ),

@@ -72,7 +72,7 @@ async fn raw(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, request:
         }
     };
     match decision {
-        Decision::Stream(handle) => raw_stream::serve(tcp, handle, &shared.metrics).await,
+        Decision::Stream(handle) => raw_stream::serve(tcp, handle, &shared.metrics, shared.config.stream_sndbuf).await,
         Decision::InStream(frame) => raw_stream::write_in_stream(&mut tcp, &frame, &shared.metrics).await,
         Decision::Error(e) => raw_stream::write_error_and_close(&mut tcp, &e, &shared.metrics).await,
     }

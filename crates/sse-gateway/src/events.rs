@@ -184,6 +184,12 @@ pub(crate) enum Event<'a> {
         ingress: Ingress,
         streams: usize,
     },
+    /// A stream's socket took nothing for `STREAM_STALL_SECONDS` while data waited.
+    StreamStalled {
+        token: Uuid,
+        peer: Option<std::net::SocketAddr>,
+        waited: Duration,
+    },
     /// Streams closed because their clients did not read fast enough.
     SlowConsumersClosed {
         count: usize,
@@ -327,6 +333,11 @@ impl Metrics {
             Event::Published { ingress, streams } => {
                 self.published.get_or_create(&[("ingress", ingress.as_str())]).inc();
                 self.delivered.inc_by(streams as u64);
+            }
+            Event::StreamStalled { token, peer, waited } => {
+                self.overflows.get_or_create(&[("reason", "stalled")]).inc();
+                let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+                warn!(%token, peer, ?waited, "closed a stalled stream: its client took no byte while data waited");
             }
             Event::SlowConsumersClosed { count } => {
                 self.overflows.get_or_create(&[("reason", "slow_consumer")]).inc_by(count as u64);

@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
@@ -69,6 +70,31 @@ struct QueueState {
     sink: Option<Arc<dyn Sink>>,
     /// Application events accepted for this stream (admin listing).
     events: u64,
+    /// While bytes wait: when the writer last made progress (or the wait
+    /// began). `None` when nothing waits. A stream stalls when this is old.
+    progress_at: Option<Instant>,
+}
+
+impl QueueState {
+    fn pending(&self) -> bool {
+        !self.items.is_empty() || !self.out.is_empty()
+    }
+
+    /// Records the wait's start (when nothing waited before).
+    fn waiting(&mut self) {
+        if self.progress_at.is_none() {
+            self.progress_at = Some(Instant::now());
+        }
+    }
+
+    /// After a write of `before..out.written` bytes.
+    fn wrote(&mut self, before: u64) {
+        if !self.pending() {
+            self.progress_at = None;
+        } else if self.out.written != before {
+            self.progress_at = Some(Instant::now());
+        }
+    }
 }
 
 /// How flushing a stream into its sink stopped.
@@ -165,7 +191,10 @@ impl StreamQueue {
         {
             st.out.frames.push(frame);
             st.out.start_chunk();
+            st.waiting();
+            let before = st.out.written;
             let done = sink.write(&mut st.out);
+            st.wrote(before);
             if !matches!(done, Ok(true)) {
                 // Blocked or failed: the writer task takes over (and sees the error).
                 drop(st);
@@ -188,6 +217,7 @@ impl StreamQueue {
         }
         st.bytes += frame.len();
         st.items.push_back(frame);
+        st.waiting();
         drop(st);
         self.waker.wake();
         Ok(())
@@ -203,11 +233,31 @@ impl StreamQueue {
         if let Some(b) = last {
             st.bytes += b.len();
             st.items.push_back(b);
+            st.waiting();
         }
         st.closing = Some(reason);
         drop(st);
         self.waker.wake();
         true
+    }
+
+    /// True when bytes have waited `limit` or longer without the writer
+    /// making progress, and the stream is not already ending.
+    pub(crate) fn stalled(&self, now: Instant, limit: Duration) -> bool {
+        let st = self.lock();
+        st.closing.is_none() && st.progress_at.is_some_and(|t| now.saturating_duration_since(t) >= limit)
+    }
+
+    /// Ends a stalled stream at once, reason `error` (its socket is reset).
+    pub(crate) fn stall(&self) {
+        let mut st = self.lock();
+        st.closing.get_or_insert(DisconnectReason::Error);
+        st.cut = true;
+        drop(st);
+        if let Some(abort) = &self.abort {
+            abort.cancel();
+        }
+        self.waker.wake();
     }
 
     /// Stops the stream at once (shutdown deadline); its reason stays as recorded.
@@ -257,6 +307,8 @@ impl StreamQueue {
                 out.push(b);
             }
         }
+        // Hyper owns the socket: handing frames over counts as progress.
+        st.progress_at = if st.items.is_empty() { None } else { Some(Instant::now()) };
         Batch::Frames
     }
 
@@ -307,7 +359,10 @@ impl StreamQueue {
                 Poll::Ready(Err(_)) => return Poll::Ready(Flushed::Failed),
                 Poll::Ready(Ok(())) => {}
             }
-            if sink.write(&mut st.out).is_err() {
+            let before = st.out.written;
+            let result = sink.write(&mut st.out);
+            st.wrote(before);
+            if result.is_err() {
                 return Poll::Ready(Flushed::Failed);
             }
         }
@@ -406,6 +461,22 @@ mod tests {
         q.cut();
         assert_eq!(take(&q).0, Batch::Abandon);
         assert_eq!(q.finish(), DisconnectReason::ServerClosed);
+    }
+
+    #[test]
+    fn bytes_that_wait_without_progress_stall_and_nothing_waiting_never_does() {
+        let q = queue(100);
+        let later = Instant::now() + Duration::from_secs(60);
+        assert!(!q.stalled(later, Duration::from_secs(1)), "nothing waits");
+        q.push(Bytes::from_static(b"a")).unwrap();
+        assert!(!q.stalled(Instant::now(), Duration::from_secs(1)));
+        assert!(q.stalled(later, Duration::from_secs(1)));
+        take(&q);
+        assert!(!q.stalled(later, Duration::from_secs(1)), "taken: no longer waiting");
+        q.push(Bytes::from_static(b"b")).unwrap();
+        q.stall();
+        assert_eq!(take(&q).0, Batch::Abandon);
+        assert_eq!(q.finish(), DisconnectReason::Error);
     }
 
     #[test]

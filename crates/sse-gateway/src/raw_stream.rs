@@ -76,7 +76,12 @@ async fn linger(tcp: &mut TcpStream) {
 }
 
 /// Serves an accepted stream until it ends; dropping `handle` reports the end.
-pub(crate) async fn serve(mut tcp: TcpStream, handle: StreamHandle, metrics: &Metrics) {
+/// `sndbuf` caps the socket's kernel send buffer.
+pub(crate) async fn serve(mut tcp: TcpStream, handle: StreamHandle, metrics: &Metrics, sndbuf: Option<usize>) {
+    if let Some(bytes) = sndbuf {
+        // A client that stops reading then holds this much kernel memory, not megabytes.
+        let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(bytes);
+    }
     let head = headers::sse_head();
     if tcp.write_all(head).await.is_err() {
         return;
@@ -87,7 +92,12 @@ pub(crate) async fn serve(mut tcp: TcpStream, handle: StreamHandle, metrics: &Me
     // this task draining what queued up meanwhile.
     let sink = Arc::new(RawSink { tcp, bytes: metrics.bytes_counter() });
     handle.queue().attach_sink(Arc::clone(&sink) as Arc<dyn Sink>);
-    poll_fn(|cx| poll_raw(handle.queue(), &sink, cx)).await;
+    let stop = poll_fn(|cx| poll_raw(handle.queue(), &sink, cx)).await;
+    if stop == Flushed::Abandoned {
+        // Overflowed, stalled or cut: reset instead of a graceful close, so the
+        // unread bytes do not linger in kernel memory.
+        let _ = socket2::SockRef::from(&sink.tcp).set_linger(Some(Duration::ZERO));
+    }
     // Dropping the handle detaches the sink (the queue is finished) and reports the end.
     drop(handle);
 }

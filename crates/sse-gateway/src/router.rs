@@ -480,6 +480,23 @@ impl Router {
             .count()
     }
 
+    /// Open streams whose bytes have waited `limit` without progress: token,
+    /// peer and queue (a snapshot; the lock is released on return).
+    pub(crate) fn stalled(
+        &self,
+        now: std::time::Instant,
+        limit: Duration,
+    ) -> Vec<(Uuid, Option<SocketAddr>, Arc<StreamQueue>)> {
+        let st = self.read();
+        st.slots
+            .iter()
+            .filter_map(|(t, s)| match s {
+                Slot::Open(o) if o.queue.stalled(now, limit) => Some((*t, o.peer, Arc::clone(&o.queue))),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every token held, pending or open (the roster).
     pub(crate) fn tokens(&self) -> Vec<Uuid> {
         self.read().slots.keys().copied().collect()

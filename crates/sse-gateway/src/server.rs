@@ -45,6 +45,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, public: TcpListener, internal: Op
         let shared = Arc::clone(&shared);
         tokio::spawn(async move { shared.expiries.run(&shared.router, &shared.metrics).await })
     };
+    let stalls = (!shared.config.stream_stall.is_zero()).then(|| tokio::spawn(stall_loop(Arc::clone(&shared))));
     let roster = match (&shared.hook, shared.config.roster_interval.is_zero()) {
         (Some(hook), false) => Some(tokio::spawn(roster_loop(Arc::clone(&shared), Arc::clone(hook)))),
         _ => None,
@@ -54,7 +55,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, public: TcpListener, internal: Op
     accept_loop(Arc::clone(&shared), public, Listener::Public, connections.clone()).await;
     heartbeat.abort();
     expiries.abort();
-    for task in [holds, roster].into_iter().flatten() {
+    for task in [holds, roster, stalls].into_iter().flatten() {
         task.abort();
     }
     drain(&shared, &connections).await;
@@ -118,6 +119,21 @@ async fn drain(shared: &Arc<Shared>, connections: &TaskTracker) {
             waiting_for_retry = shared.disconnects.waiting(),
             "some disconnect callbacks did not finish before exit; the backend never heard them"
         );
+    }
+}
+
+/// Ends streams whose sockets took nothing for `STREAM_STALL_SECONDS` while
+/// data waited: one sweep a second over the open streams (a lock each).
+async fn stall_loop(shared: Arc<Shared>) {
+    let limit = shared.config.stream_stall;
+    let mut tick = tokio::time::interval(Duration::from_secs(1).min(limit));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (token, peer, queue) in shared.router.stalled(std::time::Instant::now(), limit) {
+            queue.stall();
+            shared.metrics.emit(Event::StreamStalled { token, peer, waited: limit });
+        }
     }
 }
 
