@@ -71,6 +71,8 @@ pub mod settings {
         RESUME_TTL_MS = "RESUME_TTL_MS", "resume-ttl-ms", None, "Hold events for connection.<request_id> this long after an unexpected disconnect, ms; 0 = off (unset: 0, or RABBITMQ_QUEUE_TTL_MS with RabbitMQ)";
         INSTANCE_ID = "INSTANCE_ID", "instance-id", None, "Name of this gateway instance in rosters, admin answers and its RabbitMQ queue (unset: RABBITMQ_INSTANCE_ID, else $HOSTNAME-<random>)";
         ROSTER_INTERVAL_SECONDS = "ROSTER_INTERVAL_SECONDS", "roster-interval-seconds", Some("0"), "Every this many seconds, POST the list of this instance's tokens to CALLBACK_URL (action roster); connect callbacks then carry the instance id; 0 = off";
+        MAX_CONCURRENT_CALLBACKS = "MAX_CONCURRENT_CALLBACKS", "max-concurrent-callbacks", Some("64"), "Most callbacks (connect, disconnect, roster) in flight to the backend at once; the rest wait their turn";
+        MAX_QUEUED_CONNECTS = "MAX_QUEUED_CONNECTS", "max-queued-connects", Some("10000"), "Most connect callbacks waiting for a free slot; beyond it a new stream gets 503 BACKEND_UNAVAILABLE, or a retry: hint with RETRY_ON_BACKEND_FAILURE";
         RETRY_ON_BACKEND_FAILURE = "RETRY_ON_BACKEND_FAILURE", "retry-on-backend-failure", Some("false"), "true: a connect callback that gets no answer, times out or answers 5xx gives the client 200 + a retry: hint instead of 503/504/5xx (which make EventSource give up)";
         RETRY_JITTER_MS = "RETRY_JITTER_MS", "retry-jitter-ms", None, "MIN-MAX: every stream gets retry: <random in MIN..MAX> ms before ready, spreading reconnects after a gateway loss (unset: 1000-5000 when RETRY_ON_BACKEND_FAILURE is true, else off)";
         DISCONNECT_RETRY_SECONDS = "DISCONNECT_RETRY_SECONDS", "disconnect-retry-seconds", Some("60"), "Retry a failed disconnect callback (refused, timeout, 5xx) with backoff for up to this many seconds; 0 = no retry";
@@ -127,6 +129,10 @@ pub struct Config {
     pub retry_on_backend_failure: bool,
     /// `retry:` range (ms) written to every stream before `ready`; `None`: off.
     pub open_retry_jitter: Option<(u64, u64)>,
+    /// Most backend callbacks in flight at once.
+    pub max_concurrent_callbacks: usize,
+    /// Most connect callbacks waiting for a slot.
+    pub max_queued_connects: usize,
     /// `SO_SNDBUF` of stream sockets; `None`: the kernel's default.
     pub stream_sndbuf: Option<usize>,
     /// A stream whose socket takes nothing this long while data waits is
@@ -325,6 +331,10 @@ impl Config {
             instance_id,
             retry_on_backend_failure,
             open_retry_jitter,
+            max_concurrent_callbacks: usize_of(r.number(s::MAX_CONCURRENT_CALLBACKS, 1, positive)?.unwrap_or(64)),
+            max_queued_connects: usize_of(
+                r.number(s::MAX_QUEUED_CONNECTS, 0, "an integer (0: no waiting)")?.unwrap_or(10_000),
+            ),
             stream_sndbuf: r
                 .number(s::STREAM_SNDBUF_BYTES, 0, "a number of bytes (0: the kernel's default)")?
                 .filter(|n| *n > 0)

@@ -58,9 +58,37 @@ pub(crate) fn start(
         Err(Refused::Full) => return refuse(RefuseReason::MaxConnections, RetryHint::MaxConnections),
         Err(Refused::Draining) => return refuse(RefuseReason::Draining, RetryHint::Draining),
     }
-    let (tx, rx) = oneshot::channel();
+    let Some(place) = shared.callbacks.enqueue() else {
+        shared.router.remove(token);
+        if shared.config.retry_on_backend_failure {
+            return refuse(RefuseReason::CallbacksBusy, RetryHint::BackendFailure);
+        }
+        shared.metrics.emit(Event::StreamRefused {
+            reason: RefuseReason::CallbacksBusy,
+            max_connections: shared.config.max_connections,
+        });
+        return Err(Decision::Error(ApiError::new(
+            ErrorCode::BackendUnavailable,
+            "Too many connect callbacks are waiting for the backend",
+        )));
+    };
+    shared.metrics.emit(Event::ConnectsWaiting { count: shared.callbacks.waiting() });
+    let (mut tx, rx) = oneshot::channel();
     let task_shared = Arc::clone(shared);
     shared.tracker.spawn(async move {
+        // Wait (FIFO) for a callback slot; a client that leaves meanwhile leaves the queue.
+        let slot = tokio::select! {
+            slot = task_shared.callbacks.slot() => slot,
+            () = tx.closed() => {
+                drop(place);
+                task_shared.metrics.emit(Event::ConnectsWaiting { count: task_shared.callbacks.waiting() });
+                task_shared.router.remove(token);
+                task_shared.metrics.emit(Event::ClientLeftWhileQueued { token });
+                return;
+            }
+        };
+        drop(place);
+        task_shared.metrics.emit(Event::ConnectsWaiting { count: task_shared.callbacks.waiting() });
         let request = Arc::new(request);
         let started = Instant::now();
         let mut tx = Some(tx);
@@ -83,6 +111,8 @@ pub(crate) fn start(
                 }
             }
         };
+        // The backend has answered (in time or late): its slot is free.
+        drop(slot);
         let result = match in_time {
             Ok(result) => result,
             Err(accepted) => {

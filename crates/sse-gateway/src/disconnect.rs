@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::events::{Event, GiveUp};
 use crate::hook::{ClientRequest, ConnectHook, DisconnectReason};
 use crate::metrics::Metrics;
+use crate::pacing::Pacing;
 
 /// Most disconnect callbacks waiting for a retry at once.
 const MAX_WAITING: usize = 100_000;
@@ -91,11 +92,18 @@ pub(crate) struct Disconnects {
     waiting: Waiting,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Every attempt takes a callback slot (paced like connects).
+    pacing: Arc<Pacing>,
 }
 
 impl Disconnects {
-    pub(crate) fn new(window: Duration, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Self {
-        Self { window, waiting: Waiting::default(), metrics, shutdown }
+    pub(crate) fn new(
+        window: Duration,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        pacing: Arc<Pacing>,
+    ) -> Self {
+        Self { window, waiting: Waiting::default(), metrics, shutdown, pacing }
     }
 
     /// Retries waiting now.
@@ -117,9 +125,11 @@ impl Disconnects {
         let mut reservation = None;
         let mut attempt: u32 = 1;
         loop {
+            let slot = self.pacing.slot().await;
             let started = Instant::now();
             let result = hook.disconnect(token, reason, request).await;
             let elapsed = started.elapsed();
+            drop(slot);
             self.metrics.emit(Event::DisconnectAnswered { token, result: result.as_ref().copied(), elapsed, attempt });
             let Err(error) = result else { return };
             if !error.is_transient() {

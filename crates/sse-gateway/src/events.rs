@@ -18,6 +18,8 @@ pub(crate) enum RefuseReason {
     MaxConnections,
     BrokerUnavailable,
     Draining,
+    /// `MAX_QUEUED_CONNECTS` connects already wait for a callback slot.
+    CallbacksBusy,
     /// The connect callback got no answer or a 5xx (`RETRY_ON_BACKEND_FAILURE`).
     BackendUnavailable,
     BackendTimeout,
@@ -30,6 +32,7 @@ impl RefuseReason {
             Self::MaxConnections => "max_connections",
             Self::BrokerUnavailable => "broker_unavailable",
             Self::Draining => "draining",
+            Self::CallbacksBusy => "callbacks_busy",
             Self::BackendUnavailable => "backend_unavailable",
             Self::BackendTimeout => "backend_timeout",
             Self::BackendError => "backend_error",
@@ -184,6 +187,14 @@ pub(crate) enum Event<'a> {
         ingress: Ingress,
         streams: usize,
     },
+    /// Connects waiting for a callback slot now.
+    ConnectsWaiting {
+        count: usize,
+    },
+    /// A client left while its connect waited for a callback slot (the backend never heard of it).
+    ClientLeftWhileQueued {
+        token: Uuid,
+    },
     /// A stream's socket took nothing for `STREAM_STALL_SECONDS` while data waited.
     StreamStalled {
         token: Uuid,
@@ -245,6 +256,7 @@ impl Metrics {
                     }
                     RefuseReason::BrokerUnavailable => debug!("stream refused: RabbitMQ is disconnected"),
                     RefuseReason::Draining => debug!("stream refused: shutting down"),
+                    RefuseReason::CallbacksBusy => warn!("stream refused: MAX_QUEUED_CONNECTS connects already wait"),
                     RefuseReason::BackendUnavailable | RefuseReason::BackendTimeout | RefuseReason::BackendError => {
                         debug!(reason = reason.as_str(), "connect callback failed: client told to retry")
                     }
@@ -334,6 +346,10 @@ impl Metrics {
                 self.published.get_or_create(&[("ingress", ingress.as_str())]).inc();
                 self.delivered.inc_by(streams as u64);
             }
+            Event::ConnectsWaiting { count } => {
+                self.connects_waiting.set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+            Event::ClientLeftWhileQueued { token } => debug!(%token, "client left while its connect waited for a slot"),
             Event::StreamStalled { token, peer, waited } => {
                 self.overflows.get_or_create(&[("reason", "stalled")]).inc();
                 let peer = peer.map(|p| p.to_string()).unwrap_or_default();

@@ -40,6 +40,7 @@ mod hook;
 mod hyper_path;
 mod keys;
 mod metrics;
+mod pacing;
 mod queue;
 mod raw_stream;
 mod retry;

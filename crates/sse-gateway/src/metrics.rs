@@ -42,6 +42,7 @@ pub(crate) struct Metrics {
     pub(crate) disconnect_retries: Family<Labels1, Counter>,
     pub(crate) disconnect_retries_waiting: Gauge,
     pub(crate) late_connects: Family<Labels1, Counter>,
+    pub(crate) connects_waiting: Gauge,
     pub(crate) rosters: Family<Labels1, Counter>,
     pub(crate) admin_closed: Counter,
     pub(crate) expired: Counter,
@@ -72,6 +73,7 @@ impl Default for Metrics {
             disconnect_retries: Family::default(),
             disconnect_retries_waiting: Gauge::default(),
             late_connects: Family::default(),
+            connects_waiting: Gauge::default(),
             rosters: Family::default(),
             admin_closed: Counter::default(),
             expired: Counter::default(),
@@ -164,6 +166,11 @@ impl Default for Metrics {
             "sse_gateway_late_connect_answers",
             "Connect callbacks answered after their client was told they timed out, by outcome (an accepted one gets its disconnect)",
             m.late_connects.clone(),
+        );
+        registry.register(
+            "sse_gateway_connects_waiting",
+            "Connect callbacks waiting for a free callback slot (MAX_CONCURRENT_CALLBACKS)",
+            m.connects_waiting.clone(),
         );
         Self { registry, ..m }
     }

@@ -146,7 +146,9 @@ async fn roster_loop(shared: Arc<Shared>, hook: Arc<dyn ConnectHook>) {
     loop {
         tick.tick().await;
         let tokens = shared.router.tokens();
+        let slot = shared.callbacks.slot().await;
         let result = hook.roster(&shared.config.instance_id, &tokens, period).await;
+        drop(slot);
         let refusal = matches!(&result, Err(Refusal::Status(s)) if (400..500).contains(s));
         let first_refusal = refusal && !refused_before;
         refused_before |= refusal;

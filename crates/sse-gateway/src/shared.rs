@@ -16,6 +16,7 @@ use crate::disconnect::Disconnects;
 use crate::expiry::Expiries;
 use crate::hook::ConnectHook;
 use crate::metrics::Metrics;
+use crate::pacing::Pacing;
 use crate::router::Router;
 
 /// State shared by every connection of one gateway.
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) expiries: Expiries,
     /// Disconnect callback delivery (retries).
     pub(crate) disconnects: Disconnects,
+    /// Slots for backend callbacks in flight, and the connects waiting for one.
+    pub(crate) callbacks: Arc<Pacing>,
 }
 
 impl Shared {
@@ -46,7 +49,9 @@ impl Shared {
         let amqp = config.amqp.clone().map(Amqp::new);
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
-        let disconnects = Disconnects::new(config.disconnect_retry, Arc::clone(&metrics), shutdown.clone());
+        let callbacks = Arc::new(Pacing::new(config.max_concurrent_callbacks, config.max_queued_connects));
+        let disconnects =
+            Disconnects::new(config.disconnect_retry, Arc::clone(&metrics), shutdown.clone(), Arc::clone(&callbacks));
         Self {
             config,
             router,
@@ -59,6 +64,7 @@ impl Shared {
             app,
             expiries: Expiries::default(),
             disconnects,
+            callbacks,
         }
     }
 
