@@ -20,22 +20,9 @@ use crate::identity::{JwksSource, OidcConfig};
 use crate::tasks::TaskConfig;
 use crate::version::VersionConfig;
 
-macro_rules! settings {
-    ($($name:ident = $env:literal, $flag:literal, $default:expr, $help:literal;)*) => {
-        $(
-            #[doc = $help]
-            pub const $name: Setting = Setting { env: $env, flag: $flag, default: $default, help: $help };
-        )*
-        /// Every setting of the toolkit.
-        pub const SETTINGS: &[Setting] = &[$($name),*];
-    };
-}
-
 /// The toolkit's settings, one constant each.
 pub mod settings {
-    use super::Setting;
-
-    settings! {
+    sse_gateway::settings_table! { SETTINGS:
         SSE_GATEWAY_URL = "SSE_GATEWAY_URL", "sse-gateway-url", Some("http://localhost:3002"), "Base URL of the gateway's internal API (/internal/send, /internal/publish)";
         SSE_GATEWAY_SECRET = "SSE_GATEWAY_SECRET", "sse-gateway-secret", None, "Bearer secret for the gateway's internal API";
         SSE_GATEWAY_PUBLISH = "SSE_GATEWAY_PUBLISH", "sse-gateway-publish", Some("false"), "true: publish broadcasts by routing key (/internal/publish), and connect answers list bindings";

@@ -31,22 +31,42 @@ impl Setting {
     }
 }
 
-macro_rules! settings {
-    ($($name:ident = $env:literal, $flag:literal, $default:expr, $help:literal;)*) => {
-        $(
-            #[doc = concat!("The `", $env, "` setting; its `help` says what it does.")]
-            pub const $name: Setting = Setting { env: $env, flag: $flag, default: $default, help: $help };
-        )*
-        /// Every setting of the gateway, in `--help` order.
-        pub const SETTINGS: &[Setting] = &[$($name),*];
+/// Declares a table of [`Setting`]s, one `pub const` each plus the table:
+/// `settings_table! { TABLE: ... }` with entries of three forms: a crate's own
+/// (`NAME = "ENV", "flag", default, "help";`), another crate's unchanged
+/// (`shared module::NAME;`), or another crate's with its own default and help
+/// (`changed module::NAME, default, "help";`). The gateway, the toolkit and
+/// the hub declare their settings with it, so each is named once.
+#[macro_export]
+macro_rules! settings_table {
+    (@acc $table:ident [$($all:ident)*]) => {
+        /// Every setting in the table, in `--help` order.
+        pub const $table: &[$crate::config::Setting] = &[$($all),*];
+    };
+    (@acc $table:ident [$($all:ident)*] shared $module:ident::$name:ident; $($rest:tt)*) => {
+        #[doc = concat!("[`", stringify!($module), "::", stringify!($name), "`], unchanged.")]
+        pub const $name: $crate::config::Setting = $module::$name;
+        $crate::settings_table!(@acc $table [$($all)* $name] $($rest)*);
+    };
+    (@acc $table:ident [$($all:ident)*] changed $module:ident::$name:ident, $default:expr, $help:literal; $($rest:tt)*) => {
+        #[doc = concat!("[`", stringify!($module), "::", stringify!($name), "`] with this crate's default and help.")]
+        pub const $name: $crate::config::Setting = $crate::config::Setting { default: $default, help: $help, ..$module::$name };
+        $crate::settings_table!(@acc $table [$($all)* $name] $($rest)*);
+    };
+    (@acc $table:ident [$($all:ident)*] $name:ident = $env:literal, $flag:literal, $default:expr, $help:literal; $($rest:tt)*) => {
+        #[doc = concat!("The `", $env, "` setting; its `help` says what it does.")]
+        pub const $name: $crate::config::Setting =
+            $crate::config::Setting { env: $env, flag: $flag, default: $default, help: $help };
+        $crate::settings_table!(@acc $table [$($all)* $name] $($rest)*);
+    };
+    ($table:ident: $($entries:tt)*) => {
+        $crate::settings_table!(@acc $table [] $($entries)*);
     };
 }
 
 /// The gateway's settings, one constant each.
 pub mod settings {
-    use super::Setting;
-
-    settings! {
+    crate::settings_table! { SETTINGS:
         PORT = "PORT", "port", Some("3000"), "Listen port on all interfaces, 1-65535";
         LISTEN_ADDR = "LISTEN_ADDR", "listen", None, "Listen address ip:port, overrides PORT; port 0 picks a free port (printed on stdout)";
         CALLBACK_URL = "CALLBACK_URL", "callback-url", None, "Backend callback URL (http://), used verbatim; unset: streams are answered 503";

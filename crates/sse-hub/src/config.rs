@@ -32,42 +32,12 @@ pub use sse_gateway::config::Setting;
 
 use crate::mqtt::{MqttConfig, parse_url};
 
-/// Defines the table's constants and the table itself. An entry is the
-/// hub's own (`NAME = "ENV", "flag", default, "help";`), another crate's
-/// unchanged (`shared module::NAME;`), or another crate's with the hub's
-/// default and help (`changed module::NAME, default, "help";`).
-macro_rules! settings {
-    (@acc $table:ident [$($all:ident)*]) => {
-        /// Every setting in the table, in `--help` order.
-        pub const $table: &[Setting] = &[$($all),*];
-    };
-    (@acc $table:ident [$($all:ident)*] shared $module:ident::$name:ident; $($rest:tt)*) => {
-        #[doc = concat!("[`", stringify!($module), "::", stringify!($name), "`], unchanged.")]
-        pub const $name: Setting = $module::$name;
-        settings!(@acc $table [$($all)* $name] $($rest)*);
-    };
-    (@acc $table:ident [$($all:ident)*] changed $module:ident::$name:ident, $default:expr, $help:literal; $($rest:tt)*) => {
-        #[doc = $help]
-        pub const $name: Setting = Setting { default: $default, help: $help, ..$module::$name };
-        settings!(@acc $table [$($all)* $name] $($rest)*);
-    };
-    (@acc $table:ident [$($all:ident)*] $name:ident = $env:literal, $flag:literal, $default:expr, $help:literal; $($rest:tt)*) => {
-        #[doc = $help]
-        pub const $name: Setting = Setting { env: $env, flag: $flag, default: $default, help: $help };
-        settings!(@acc $table [$($all)* $name] $($rest)*);
-    };
-    ($table:ident: $($entries:tt)*) => {
-        settings!(@acc $table [] $($entries)*);
-    };
-}
-
 /// The server's settings, one constant each.
 pub mod settings {
-    use super::Setting;
     use sse_backend::config::settings as backend;
     use sse_gateway::config::settings as gateway;
 
-    settings! { SETTINGS:
+    sse_gateway::settings_table! { SETTINGS:
         PORT = "PORT", "port", Some("8080"), "Listen port; 0 picks a free one (the address is printed on stdout)";
         HOST = "HOST", "host", Some("0.0.0.0"), "Listen address (an IP address)";
         SSE_HUB_DATA_DIR = "SSE_HUB_DATA_DIR", "data-dir", Some("./sse-hub-data"), "Data directory; the demo dnsmasq.conf (dhcp-leasefile=dnsmasq.leases) and dnsmasq.leases are created in it when absent";
@@ -109,10 +79,9 @@ pub mod settings {
 
 /// The `rotation-nudge` client's settings, one constant each.
 pub mod nudge_settings {
-    use super::Setting;
     use super::settings as hub;
 
-    settings! { NUDGE_SETTINGS:
+    sse_gateway::settings_table! { NUDGE_SETTINGS:
         INTERNAL_API_URL = "INTERNAL_API_URL", "url", None, "Base URL of the hub, e.g. http://127.0.0.1:8080 (required)";
         shared hub::INTERNAL_API_SECRET;
         INTERNAL_API_TIMEOUT_SECONDS = "INTERNAL_API_TIMEOUT_SECONDS", "timeout-seconds", Some("5"), "Request timeout in seconds";
