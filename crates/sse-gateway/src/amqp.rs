@@ -68,11 +68,6 @@ pub(crate) enum AmqpError {
 /// it together do not all come back at the same instant.
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 
-fn jitter(d: Duration) -> Duration {
-    let unit = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
-    d.mul_f64(0.75 + unit / 2.0)
-}
-
 /// How long the asker of a cluster-wide close waits for the first reply,
 /// and for each further one after the last.
 const CLOSE_FIRST_REPLY: Duration = Duration::from_secs(2);
@@ -311,7 +306,7 @@ impl Amqp {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(jitter(backoff)) => {}
+                _ = tokio::time::sleep(crate::retry::spread(backoff, 0.25)) => {}
             }
             backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
         }

@@ -234,6 +234,7 @@ fn end_hook(shared: &Arc<Shared>, hook: Arc<dyn ConnectHook>) -> EndHook {
     Box::new(move |queue: &Arc<StreamQueue>, reason| {
         let released = shared.router.end_stream(queue, reason);
         release_keys(&shared, released);
+        shared.expiries.cancel(queue.token());
         shared.metrics.emit(Event::StreamEnded { token: queue.token(), reason });
         spawn_disconnect(&shared, hook, queue.token(), reason, Arc::clone(queue.request()));
     })

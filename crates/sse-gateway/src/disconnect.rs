@@ -79,12 +79,6 @@ fn request_bytes(request: &ClientRequest) -> usize {
     request.url.len() + request.headers.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>() + 128
 }
 
-/// `d` ± 50 %.
-fn jittered(d: Duration) -> Duration {
-    let unit = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
-    d.mul_f64(0.5 + unit)
-}
-
 /// How disconnect callbacks are delivered: the retry window, the retries
 /// waiting, and what a retry watches (the drain).
 pub(crate) struct Disconnects {
@@ -149,7 +143,7 @@ impl Disconnects {
                     return;
                 }
             }
-            let delay = if self.shutdown.is_cancelled() { DRAIN_BACKOFF } else { jittered(backoff) };
+            let delay = if self.shutdown.is_cancelled() { DRAIN_BACKOFF } else { crate::retry::spread(backoff, 0.5) };
             let wake = (now + delay).min(window_end);
             self.metrics.emit(Event::DisconnectRetryScheduled { token, attempt, delay: wake - now });
             tokio::select! {
@@ -176,13 +170,5 @@ mod tests {
         assert_eq!(w.count(), 1);
         drop(a);
         assert_eq!(*w.lock(), (0, 0));
-    }
-
-    #[test]
-    fn jitter_stays_within_half_either_way() {
-        for _ in 0..100 {
-            let d = jittered(Duration::from_millis(1000));
-            assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1500), "{d:?}");
-        }
     }
 }

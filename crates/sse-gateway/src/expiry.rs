@@ -5,11 +5,14 @@
 //! current credentials.
 //!
 //! One task serves every stream: a min-heap of (deadline, token) and a
-//! `Notify` for an earlier deadline, instead of a timer per stream. An entry
-//! whose stream already ended does nothing when it comes due.
+//! `Notify` for an earlier deadline, instead of a timer per stream. A stream
+//! that ends cancels its entry; cancelled entries are skipped when due and
+//! dropped in bulk once they outnumber the live ones, so the heap stays
+//! within twice the streams that have an expiry (plus a constant), whatever
+//! the reconnect churn.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -26,24 +29,44 @@ use crate::router::{Router, SendOutcome};
 /// The streams with an expiry, soonest first.
 #[derive(Debug, Default)]
 pub(crate) struct Expiries {
-    heap: Mutex<BinaryHeap<Reverse<(Instant, Uuid)>>>,
+    state: Mutex<State>,
     earlier: Notify,
 }
 
+#[derive(Debug, Default)]
+struct State {
+    heap: BinaryHeap<Reverse<(Instant, Uuid)>>,
+    /// Tokens whose entry is still wanted.
+    live: HashSet<Uuid>,
+}
+
+/// Cancelled entries tolerated in the heap beyond twice the live ones.
+const SLACK: usize = 1024;
+
 impl Expiries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BinaryHeap<Reverse<(Instant, Uuid)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Pushes and pops cannot leave the heap half-changed.
-        self.heap.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets `token`'s expiry (its stream ended).
+    pub(crate) fn cancel(&self, token: Uuid) {
+        let mut st = self.lock();
+        if st.live.remove(&token) && st.heap.len() > 2 * st.live.len() + SLACK {
+            let State { heap, live } = &mut *st;
+            heap.retain(|Reverse((_, t))| live.contains(t));
+        }
     }
 
     /// Ends `token`'s stream at `at` (now, if `at` has passed).
     pub(crate) fn schedule(&self, token: Uuid, at: SystemTime) {
         let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
         let deadline = Instant::now() + wait;
-        let mut heap = self.lock();
-        let soonest = heap.peek().is_none_or(|Reverse((d, _))| deadline < *d);
-        heap.push(Reverse((deadline, token)));
-        drop(heap);
+        let mut st = self.lock();
+        let soonest = st.heap.peek().is_none_or(|Reverse((d, _))| deadline < *d);
+        st.heap.push(Reverse((deadline, token)));
+        st.live.insert(token);
+        drop(st);
         if soonest {
             self.earlier.notify_one();
         }
@@ -51,14 +74,16 @@ impl Expiries {
 
     /// Takes the entries due at `now`.
     fn due(&self, now: Instant) -> (Vec<Uuid>, Option<Instant>) {
-        let mut heap = self.lock();
+        let mut st = self.lock();
         let mut due = Vec::new();
-        while let Some(Reverse((deadline, token))) = heap.peek().copied() {
+        while let Some(Reverse((deadline, token))) = st.heap.peek().copied() {
             if deadline > now {
                 return (due, Some(deadline));
             }
-            heap.pop();
-            due.push(token);
+            st.heap.pop();
+            if st.live.remove(&token) {
+                due.push(token);
+            }
         }
         (due, None)
     }
@@ -110,6 +135,22 @@ mod tests {
         assert!(next.is_some());
         let (due, next) = e.due(Instant::now() + Duration::from_secs(61));
         assert_eq!((due, next), (vec![a], None));
+    }
+
+    #[test]
+    fn ended_streams_are_skipped_and_the_heap_stays_bounded() {
+        let e = Expiries::default();
+        let far = SystemTime::now() + Duration::from_secs(3600);
+        let kept = Uuid::new_v4();
+        e.schedule(kept, far);
+        for _ in 0..10 * SLACK {
+            let t = Uuid::new_v4();
+            e.schedule(t, far);
+            e.cancel(t);
+        }
+        assert!(e.lock().heap.len() <= 2 + SLACK + 1, "heap {}", e.lock().heap.len());
+        let (due, _) = e.due(Instant::now() + Duration::from_secs(3601));
+        assert_eq!(due, vec![kept], "only the live entry fires");
     }
 
     #[test]

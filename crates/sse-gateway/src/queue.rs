@@ -70,30 +70,16 @@ struct QueueState {
     sink: Option<Arc<dyn Sink>>,
     /// Application events accepted for this stream (admin listing).
     events: u64,
-    /// While bytes wait: when the writer last made progress (or the wait
-    /// began). `None` when nothing waits. A stream stalls when this is old.
-    progress_at: Option<Instant>,
+    /// Frames handed to hyper (its progress; the raw path counts `out.written`).
+    taken: u64,
+    /// Set by the stall sweep only, never on the delivery path: the progress
+    /// count and the time it was last seen to change while bytes waited.
+    stall_mark: Option<(u64, Instant)>,
 }
 
 impl QueueState {
     fn pending(&self) -> bool {
         !self.items.is_empty() || !self.out.is_empty()
-    }
-
-    /// Records the wait's start (when nothing waited before).
-    fn waiting(&mut self) {
-        if self.progress_at.is_none() {
-            self.progress_at = Some(Instant::now());
-        }
-    }
-
-    /// After a write of `before..out.written` bytes.
-    fn wrote(&mut self, before: u64) {
-        if !self.pending() {
-            self.progress_at = None;
-        } else if self.out.written != before {
-            self.progress_at = Some(Instant::now());
-        }
     }
 }
 
@@ -191,10 +177,7 @@ impl StreamQueue {
         {
             st.out.frames.push(frame);
             st.out.start_chunk();
-            st.waiting();
-            let before = st.out.written;
             let done = sink.write(&mut st.out);
-            st.wrote(before);
             if !matches!(done, Ok(true)) {
                 // Blocked or failed: the writer task takes over (and sees the error).
                 drop(st);
@@ -217,7 +200,6 @@ impl StreamQueue {
         }
         st.bytes += frame.len();
         st.items.push_back(frame);
-        st.waiting();
         drop(st);
         self.waker.wake();
         Ok(())
@@ -233,7 +215,6 @@ impl StreamQueue {
         if let Some(b) = last {
             st.bytes += b.len();
             st.items.push_back(b);
-            st.waiting();
         }
         st.closing = Some(reason);
         drop(st);
@@ -241,11 +222,24 @@ impl StreamQueue {
         true
     }
 
-    /// True when bytes have waited `limit` or longer without the writer
-    /// making progress, and the stream is not already ending.
-    pub(crate) fn stalled(&self, now: Instant, limit: Duration) -> bool {
-        let st = self.lock();
-        st.closing.is_none() && st.progress_at.is_some_and(|t| now.saturating_duration_since(t) >= limit)
+    /// The stall sweep's check (about once a second): true when bytes have
+    /// waited `limit` or longer while the writer made no progress, and the
+    /// stream is not already ending. All clock reads happen here, never on
+    /// the delivery path.
+    pub(crate) fn sweep_stalled(&self, now: Instant, limit: Duration) -> bool {
+        let mut st = self.lock();
+        if st.closing.is_some() || !st.pending() {
+            st.stall_mark = None;
+            return false;
+        }
+        let progress = st.out.written + st.taken;
+        match st.stall_mark {
+            Some((seen, since)) if seen == progress => now.saturating_duration_since(since) >= limit,
+            _ => {
+                st.stall_mark = Some((progress, now));
+                false
+            }
+        }
     }
 
     /// Ends a stalled stream at once, reason `error` (its socket is reset).
@@ -308,7 +302,7 @@ impl StreamQueue {
             }
         }
         // Hyper owns the socket: handing frames over counts as progress.
-        st.progress_at = if st.items.is_empty() { None } else { Some(Instant::now()) };
+        st.taken += n as u64;
         Batch::Frames
     }
 
@@ -359,10 +353,7 @@ impl StreamQueue {
                 Poll::Ready(Err(_)) => return Poll::Ready(Flushed::Failed),
                 Poll::Ready(Ok(())) => {}
             }
-            let before = st.out.written;
-            let result = sink.write(&mut st.out);
-            st.wrote(before);
-            if result.is_err() {
+            if sink.write(&mut st.out).is_err() {
                 return Poll::Ready(Flushed::Failed);
             }
         }
@@ -466,13 +457,18 @@ mod tests {
     #[test]
     fn bytes_that_wait_without_progress_stall_and_nothing_waiting_never_does() {
         let q = queue(100);
-        let later = Instant::now() + Duration::from_secs(60);
-        assert!(!q.stalled(later, Duration::from_secs(1)), "nothing waits");
+        let limit = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(60);
+        assert!(!q.sweep_stalled(later, limit), "nothing waits");
         q.push(Bytes::from_static(b"a")).unwrap();
-        assert!(!q.stalled(Instant::now(), Duration::from_secs(1)));
-        assert!(q.stalled(later, Duration::from_secs(1)));
+        assert!(!q.sweep_stalled(t0, limit), "the first sweep only marks");
+        assert!(q.sweep_stalled(later, limit), "no progress since the mark");
+        q.push(Bytes::from_static(b"b")).unwrap();
         take(&q);
-        assert!(!q.stalled(later, Duration::from_secs(1)), "taken: no longer waiting");
+        assert!(!q.sweep_stalled(later, limit), "taken: nothing waits");
+        q.push(Bytes::from_static(b"c")).unwrap();
+        assert!(!q.sweep_stalled(later, limit), "a new wait is marked afresh");
         q.push(Bytes::from_static(b"b")).unwrap();
         q.stall();
         assert_eq!(take(&q).0, Batch::Abandon);

@@ -4,6 +4,8 @@
 //! The delay is random within the range so that clients told to come back
 //! at the same moment (a drain, a broker outage) do not all return at once.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 /// Why a client is told to reconnect later.
@@ -44,11 +46,23 @@ impl RetryHint {
     }
 }
 
+/// A random number in `min..max` (`min` when the range is empty): the one
+/// source of jitter for hints and backoffs alike.
+fn random_in(min: u64, max: u64) -> u64 {
+    let span = max.saturating_sub(min).max(1);
+    min + (uuid::Uuid::new_v4().as_u128() % u128::from(span)) as u64
+}
+
 /// A `retry:` line with a random delay in `min..max` ms.
 pub(crate) fn jittered(min: u64, max: u64) -> Bytes {
-    let span = max.saturating_sub(min).max(1);
-    let jitter = (uuid::Uuid::new_v4().as_u128() % u128::from(span)) as u64;
-    sse_wire::encode::retry(min + jitter)
+    sse_wire::encode::retry(random_in(min, max))
+}
+
+/// `d` scaled by a random factor in `1 - spread ..= 1 + spread` (spread < 1),
+/// so peers that failed together do not all retry at the same instant.
+pub(crate) fn spread(d: Duration, spread: f64) -> Duration {
+    let unit = random_in(0, 1001) as f64 / 1000.0;
+    d.mul_f64(1.0 - spread + 2.0 * spread * unit)
 }
 
 /// The last frame of a stream an operator closed: `retry_ms` when given,
@@ -63,6 +77,14 @@ pub(crate) fn close_hint(retry_ms: Option<u64>) -> impl Fn() -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spread_stays_within_its_bounds() {
+        for _ in 0..200 {
+            let d = spread(Duration::from_millis(1000), 0.5);
+            assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1500), "{d:?}");
+        }
+    }
 
     #[test]
     fn hints_stay_in_their_range() {

@@ -491,7 +491,7 @@ impl Router {
         st.slots
             .iter()
             .filter_map(|(t, s)| match s {
-                Slot::Open(o) if o.queue.stalled(now, limit) => Some((*t, o.peer, Arc::clone(&o.queue))),
+                Slot::Open(o) if o.queue.sweep_stalled(now, limit) => Some((*t, o.peer, Arc::clone(&o.queue))),
                 _ => None,
             })
             .collect()

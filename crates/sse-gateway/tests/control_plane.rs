@@ -311,3 +311,39 @@ async fn with_rabbitmq_a_close_by_key_reaches_a_stream_on_another_instance() {
     let (_, body) = admin(&gw1, "POST", "/internal/close", Some(json!({"key": "connection.nobody"}))).await;
     assert_eq!(body, json!({"matched": 0, "instances": 0}));
 }
+
+#[tokio::test]
+async fn bad_admin_input_gets_a_precise_4xx_and_leaves_the_streams_intact() {
+    let backend = Backend::start().await;
+    let gw = gateway(&backend, &[("MAX_BODY_BYTES", "1024")]).await;
+    let (mut c, _) = stream(&gw, &backend, "/s?request_id=intact").await;
+    let internal = gw.internal_addr();
+    let cases: Vec<(&[u8], u16, &str)> = vec![
+        (b"{not json", 400, "INVALID_JSON"),
+        (br#"{"key":"a\nb"}"#, 400, "INVALID_KEY"),
+        (br#"{"key":"broadcast","retry_ms":1e99}"#, 400, "INVALID_RETRY_MS"),
+        (br#"["broadcast"]"#, 400, "INVALID_CLOSE_TARGET"),
+    ];
+    for (body, status, code) in cases {
+        let r = request(internal, "POST", "/internal/close", &[("content-type", "application/json")], body).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let big = format!(r#"{{"key":"broadcast","pad":"{}"}}"#, "x".repeat(4096));
+    let r = request(internal, "POST", "/internal/close", &[("content-type", "application/json")], big.as_bytes()).await;
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (413, Some("PAYLOAD_TOO_LARGE")));
+    let (status, body) =
+        admin(&gw, "POST", "/internal/close", Some(json!({"token": "00000000-0000-4000-8000-000000000000"}))).await;
+    assert_eq!((status, body), (200, json!({"matched": 0})), "an unknown token matches nothing");
+    let r = request(internal, "GET", "/internal/streams?key=a%0Ab", &[], b"").await;
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (400, Some("INVALID_KEY")));
+    // The stream is untouched: it still gets what is published to it.
+    let (status, _) =
+        support::publish(&gw, json!({"key": "connection.intact", "event": support::event("still", "1")})).await;
+    assert_eq!(status, 200);
+    assert_eq!(c.next_event().await.data, support::payload("still", "1"));
+}
