@@ -123,7 +123,7 @@ pub(crate) async fn close(shared: &Shared, body: &[u8]) -> Result<Value, ApiErro
     match cmd.target {
         CloseTarget::Token(t) => {
             // A pending stream counts too: it ends right after its connect decision.
-            let outcome = deliver::parse_token(&t).map(|token| shared.router.send(token, Some(hint()), true));
+            let outcome = deliver::parse_token(&t).map(|token| shared.router.send_control(token, hint(), true));
             let matched = usize::from(matches!(outcome, Some(SendOutcome::Delivered | SendOutcome::Buffered)));
             shared.metrics.emit(Event::AdminClosed { matched });
             Ok(json!({"matched": matched}))

@@ -95,6 +95,8 @@ pub mod settings {
         MAX_QUEUED_CONNECTS = "MAX_QUEUED_CONNECTS", "max-queued-connects", Some("10000"), "Most connect callbacks waiting for a free slot; beyond it a new stream gets 503 BACKEND_UNAVAILABLE, or a retry: hint with RETRY_ON_BACKEND_FAILURE";
         RETRY_ON_BACKEND_FAILURE = "RETRY_ON_BACKEND_FAILURE", "retry-on-backend-failure", Some("false"), "true: a connect callback that gets no answer, times out or answers 5xx gives the client 200 + a retry: hint instead of 503/504/5xx (which make EventSource give up)";
         RETRY_JITTER_MS = "RETRY_JITTER_MS", "retry-jitter-ms", None, "MIN-MAX: every stream gets retry: <random in MIN..MAX> ms before ready, spreading reconnects after a gateway loss (unset: 1000-5000 when RETRY_ON_BACKEND_FAILURE is true, else off)";
+        HISTORY_SECONDS = "HISTORY_SECONDS", "history-seconds", Some("0"), "Resumable streams: every event gets an id: and is kept this long, so a client reconnecting with Last-Event-ID gets what it missed (or an event: gap); with RabbitMQ the history is a RabbitMQ stream shared by the cluster; 0 = off (the wire stays as the Node gateway's)";
+        HISTORY_MAX_BYTES = "HISTORY_MAX_BYTES", "history-max-bytes", Some("67108864"), "Most memory the kept events may use (the oldest go first)";
         DISCONNECT_RETRY_SECONDS = "DISCONNECT_RETRY_SECONDS", "disconnect-retry-seconds", Some("60"), "Retry a failed disconnect callback (refused, timeout, 5xx) with backoff for up to this many seconds; 0 = no retry";
     }
 }
@@ -158,6 +160,10 @@ pub struct Config {
     /// A stream whose socket takes nothing this long while data waits is
     /// closed; zero: never.
     pub stream_stall: Duration,
+    /// How long events are kept for resumes (`id:` on every event); zero: off.
+    pub history: Duration,
+    /// Most bytes the kept events may use.
+    pub history_max_bytes: usize,
 }
 
 /// The AMQP ingress settings (SSEGateway names).
@@ -362,6 +368,10 @@ impl Config {
             stream_stall: Duration::from_secs(
                 r.number(s::STREAM_STALL_SECONDS, 0, "an integer number of seconds (0: never)")?.unwrap_or(30),
             ),
+            history: Duration::from_secs(
+                r.number(s::HISTORY_SECONDS, 0, "an integer number of seconds (0: off)")?.unwrap_or(0),
+            ),
+            history_max_bytes: usize_of(r.number(s::HISTORY_MAX_BYTES, 1, positive)?.unwrap_or(64 << 20)),
             roster_interval: Duration::from_secs(
                 r.number(s::ROSTER_INTERVAL_SECONDS, 0, "an integer number of seconds (0: off)")?.unwrap_or(0),
             ),

@@ -36,6 +36,7 @@ mod events;
 mod expiry;
 mod gateway;
 mod headers;
+mod history;
 mod hook;
 mod hyper_path;
 mod keys;
