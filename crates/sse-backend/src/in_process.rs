@@ -99,6 +99,8 @@ pub enum PortError {
     BufferFull,
     /// The stream's queue overflowed; it was closed.
     WriteFailed,
+    /// The gateway's broker is down (RabbitMQ mode with history).
+    BrokerUnavailable,
 }
 
 /// Direct delivery into a gateway router in this process.
@@ -158,6 +160,7 @@ fn port_error(e: sse_gateway::DeliveryError) -> PortError {
         sse_gateway::DeliveryError::InvalidEvent(m) => PortError::InvalidEvent(m),
         sse_gateway::DeliveryError::BufferFull => PortError::BufferFull,
         sse_gateway::DeliveryError::WriteFailed => PortError::WriteFailed,
+        sse_gateway::DeliveryError::BrokerUnavailable => PortError::BrokerUnavailable,
     }
 }
 
@@ -171,6 +174,7 @@ fn map_err(e: PortError) -> BroadcastError {
         PortError::InvalidEvent(m) => BroadcastError::InvalidEvent(m),
         PortError::BufferFull => BroadcastError::BufferFull,
         PortError::WriteFailed => BroadcastError::WriteFailed,
+        PortError::BrokerUnavailable => BroadcastError::Status { status: 503, body: "broker unavailable".into() },
     }
 }
 

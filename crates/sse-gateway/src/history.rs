@@ -391,7 +391,10 @@ mod tests {
             &gap_frame("1-2", GapCause::Expired)[..],
             b"event: gap\ndata: {\"cause\":\"expired\",\"last_event_id\":\"1-2\"}\n\n"
         );
-        assert_eq!(&ready_with_id(b"retry: 5\n\n", Cursor { epoch: 1, n: 0 })[..], b"retry: 5\n\nid: 1-0\nevent: ready\ndata:\n\n");
+        assert_eq!(
+            &ready_with_id(b"retry: 5\n\n", Cursor { epoch: 1, n: 0 })[..],
+            b"retry: 5\n\nid: 1-0\nevent: ready\ndata:\n\n"
+        );
     }
 
     impl Resume {

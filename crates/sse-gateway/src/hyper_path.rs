@@ -124,7 +124,7 @@ async fn dispatch(
         Route::Send => {
             let started = Instant::now();
             let result = match read_body(shared, req).await {
-                Ok(body) => api::send(shared, &body),
+                Ok(body) => api::send(shared, &body).await,
                 Err(e) => Err(e),
             };
             answered(shared, Endpoint::Send, started, result)
@@ -134,7 +134,7 @@ async fn dispatch(
             let result = match api::authorize(shared, listener, authorization()) {
                 Err(e) => Err(e),
                 Ok(()) => match read_body(shared, req).await {
-                    Ok(body) => api::publish(shared, &body),
+                    Ok(body) => api::publish(shared, &body).await,
                     Err(e) => Err(e),
                 },
             };

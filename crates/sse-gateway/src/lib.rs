@@ -22,6 +22,7 @@
 //! devices; it moves opaque events to streams.
 
 mod amqp;
+mod amqp_stream;
 mod api;
 mod app;
 mod chunk;

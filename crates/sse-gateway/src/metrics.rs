@@ -196,11 +196,7 @@ impl Default for Metrics {
         );
         registry.register("sse_gateway_history_events", "Events kept in the history", m.history_events.clone());
         registry.register("sse_gateway_history_bytes", "Bytes the kept events use", m.history_bytes.clone());
-        registry.register(
-            "sse_gateway_history_age_seconds",
-            "Age of the oldest kept event",
-            m.history_age.clone(),
-        );
+        registry.register("sse_gateway_history_age_seconds", "Age of the oldest kept event", m.history_age.clone());
         registry.register(
             "sse_gateway_history_evicted_events",
             "Events dropped from the history (older than HISTORY_SECONDS, or over HISTORY_MAX_BYTES)",

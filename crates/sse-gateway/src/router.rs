@@ -262,6 +262,21 @@ impl Router {
         (c.epoch == h.position().epoch && c.n > h.offset()).then_some(c.n)
     }
 
+    /// The history's raw position (AMQP: the offset after the last one seen), when history is on.
+    pub(crate) fn history_offset(&self) -> Option<u64> {
+        Some(self.history()?.offset())
+    }
+
+    /// Open streams bound to `key` now.
+    pub(crate) fn bound(&self, key: &str) -> usize {
+        self.read().keys.get(key).map_or(0, HashMap::len)
+    }
+
+    /// Ends one open stream (`server_closed`) after what is queued; true if it was open.
+    pub(crate) fn send_control_close(&self, token: Uuid) -> bool {
+        self.send_inner(token, None, true, false) == SendOutcome::Delivered
+    }
+
     /// Evicts old history and reports its size, when history is on.
     pub(crate) fn sweep_history(&self, now: Instant) -> Option<history::HistoryStats> {
         Some(self.history()?.sweep(now))
@@ -430,12 +445,15 @@ impl Router {
         (result, gaps)
     }
 
-    /// The routing key a send to `token` is recorded under
-    /// (`connection.<request_id>`), or `None` when it is not open or has no
-    /// request_id.
+    /// The routing key a send to an open `token` is recorded under:
+    /// `connection.<request_id>`, or `token.<token>` for a stream without a
+    /// request_id (which no resume matches). `None` when it is not open.
     pub(crate) fn send_key(&self, token: Uuid) -> Option<String> {
         match self.read().slots.get(&token) {
-            Some(Slot::Open(o)) => o.request_id.as_ref().map(|r| format!("connection.{r}")),
+            Some(Slot::Open(o)) => Some(match &o.request_id {
+                Some(r) => format!("connection.{r}"),
+                None => format!("token.{token}"),
+            }),
             _ => None,
         }
     }
@@ -455,7 +473,6 @@ impl Router {
         hold.frames.push(frame.clone());
         result.held = 1;
     }
-
 }
 
 /// What a new stream is opened with.
@@ -777,10 +794,7 @@ mod tests {
         r.register_pending(t).unwrap();
         let q = queue(t);
         let rid = keys.iter().find_map(|k| k.strip_prefix("connection."));
-        assert_eq!(
-            r.open(&q, new(keys.iter().map(|k| k.to_string()).collect(), rid), Bytes::new).0,
-            Opened::Live
-        );
+        assert_eq!(r.open(&q, new(keys.iter().map(|k| k.to_string()).collect(), rid), Bytes::new).0, Opened::Live);
         (t, q)
     }
 

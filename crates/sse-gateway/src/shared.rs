@@ -52,7 +52,7 @@ impl Shared {
         });
         let router =
             Arc::new(Router::new(config.stream_queue_bytes, config.max_connections, config.resume_ttl, history));
-        let amqp = config.amqp.clone().map(Amqp::new);
+        let amqp = config.amqp.clone().map(|a| Amqp::new(a, config.history));
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
         let callbacks = Arc::new(Pacing::new(config.max_concurrent_callbacks, config.max_queued_connects));
