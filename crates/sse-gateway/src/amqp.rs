@@ -440,7 +440,7 @@ impl Amqp {
                 None => return,
             };
             if is_history {
-                self.from_history(&ch, router, metrics, &delivery, &mut marker).await;
+                self.on_history(&ch, router, metrics, &delivery, &mut marker).await;
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                     warn!(error = %e, "ack failed");
                 }
@@ -476,7 +476,7 @@ impl Amqp {
     /// One message read from the history stream: an event (a backend's, or
     /// a frame a gateway published), a control message, or this instance's
     /// catch-up marker.
-    async fn from_history(
+    async fn on_history(
         &self,
         ch: &Channel,
         router: &Router,

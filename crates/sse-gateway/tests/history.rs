@@ -103,7 +103,7 @@ async fn resuming_from_ready_gets_everything_published_since_and_nothing_twice()
     for i in 0..50 {
         publish(&gw, json!({"key": "broadcast", "event": event("n", &i.to_string())})).await;
     }
-    let (mut again, _, before, ready2) = resume(&gw, &backend, "r1", &ready.last_event_id).await;
+    let (again, _, before, ready2) = resume(&gw, &backend, "r1", &ready.last_event_id).await;
     let want: Vec<String> = (0..50).map(|i| payload("n", &i.to_string())).collect();
     assert_eq!(datas(&before), want);
     // Resuming from the new ready replays nothing.
