@@ -288,7 +288,11 @@ impl CallbackHandler {
                 None
             }
         };
-        self.manager.on_connect(&request_id, token, url, identity.as_ref(), instance).await;
+        // EventSource sends Last-Event-ID when it reconnects (or the page passes lastEventId).
+        let resumed = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("last-event-id") && !v.is_empty())
+            || first_query_param(url.split_once('?').map_or("", |(_, q)| q), "lastEventId")
+                .is_some_and(|v| !v.is_empty());
+        self.manager.on_connect_resuming(&request_id, token, url, identity.as_ref(), instance, resumed).await;
         let info = self.manager.connection_info(&request_id).unwrap_or_else(|| ConnectionInfo {
             request_id: request_id.clone(),
             token: token.to_owned(),
@@ -296,6 +300,7 @@ impl CallbackHandler {
             subject: identity.as_ref().map(|i| i.subject.clone()),
             role: identity.as_ref().and_then(|i| i.role.clone()),
             instance: instance.map(str::to_owned),
+            resumed,
         });
         let bindings = ConnectionManager::bindings(&info);
         Ok(ConnectAnswer { info, bindings, expires_at: identity.and_then(|i| i.expires_at) })

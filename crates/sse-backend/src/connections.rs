@@ -52,6 +52,11 @@ pub struct ConnectionInfo {
     /// The gateway instance holding the stream, from the connect callback
     /// (`None`: a gateway without rosters; never roster-managed).
     pub instance: Option<String>,
+    /// The client resumes a stream it had (it sent `Last-Event-ID`): with
+    /// the gateway's history on, it gets what it missed replayed (or a
+    /// `gap`, after which it refetches), so connect observers should not
+    /// repeat what they sent it before.
+    pub resumed: bool,
 }
 
 /// Why a connection left the table other than by replacement.
@@ -227,6 +232,21 @@ impl ConnectionManager {
         identity: Option<&Identity>,
         instance: Option<&str>,
     ) {
+        self.on_connect_resuming(request_id, token, url, identity, instance, false).await;
+    }
+
+    /// [`ConnectionManager::on_connect`] for a stream that may resume
+    /// (`resumed`: the client sent `Last-Event-ID`; see
+    /// [`ConnectionInfo::resumed`]).
+    pub async fn on_connect_resuming(
+        &self,
+        request_id: &str,
+        token: &str,
+        url: &str,
+        identity: Option<&Identity>,
+        instance: Option<&str>,
+        resumed: bool,
+    ) {
         let info = ConnectionInfo {
             request_id: request_id.to_owned(),
             token: token.to_owned(),
@@ -234,6 +254,7 @@ impl ConnectionManager {
             subject: identity.map(|i| i.subject.clone()),
             role: identity.and_then(|i| i.role.clone()),
             instance: instance.map(str::to_owned),
+            resumed,
         };
         let (replaced, live) = {
             let mut st = self.state();
@@ -980,6 +1001,7 @@ mod tests {
             subject: Some("alice".into()),
             role: Some("admin".into()),
             instance: None,
+            resumed: false,
         };
         assert_eq!(
             ConnectionManager::bindings(&info),

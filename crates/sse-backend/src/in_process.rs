@@ -109,6 +109,10 @@ pub trait GatewayPort: Send + Sync + 'static {
     fn send(&self, token: &str, event: Option<PortEvent<'_>>, close: bool) -> Result<SendStatus, PortError>;
     /// Publishes to a routing key; returns the number of streams matched.
     fn publish(&self, key: &str, event: Option<PortEvent<'_>>, close: bool) -> Result<usize, PortError>;
+    /// The history's position (`None`: history off).
+    fn history_position(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A [`Broadcaster`] over a [`GatewayPort`]: every call is a function call,
@@ -151,6 +155,10 @@ impl GatewayPort for sse_gateway::GatewayHandle {
     fn publish(&self, key: &str, event: Option<PortEvent<'_>>, close: bool) -> Result<usize, PortError> {
         let event = event.map(|e| sse_gateway::OutEvent { name: e.name, data: e.data });
         sse_gateway::GatewayHandle::publish(self, key, event, close).map_err(port_error)
+    }
+
+    fn history_position(&self) -> Option<String> {
+        sse_gateway::GatewayHandle::history_position(self)
     }
 }
 
@@ -201,6 +209,11 @@ impl<P: GatewayPort> Broadcaster for InProcessBroadcaster<P> {
 
     fn publishes(&self) -> bool {
         true
+    }
+
+    fn history_position(&self) -> BoxFuture<'_, Result<Option<String>, BroadcastError>> {
+        let result = self.port().map(GatewayPort::history_position);
+        Box::pin(async move { result })
     }
 }
 

@@ -92,6 +92,14 @@ pub(crate) async fn publish(shared: &Shared, body: &[u8]) -> Result<Value, ApiEr
     Ok(if batch { json!({"matched": total, "results": results}) } else { json!({"matched": total}) })
 }
 
+/// `GET /internal/history`: `{"id": "<cursor>"|null}`, the position of the
+/// latest event (null with history off). A backend reads it before taking a
+/// snapshot; a client that opens its stream with `lastEventId=<id>` then
+/// gets every event after the snapshot's position.
+pub(crate) fn history(shared: &Shared) -> Value {
+    json!({"id": shared.router.history_position()})
+}
+
 fn broker_error(e: crate::amqp::AmqpError) -> ApiError {
     ApiError::new(ErrorCode::BrokerUnavailable, format!("the event could not be published to RabbitMQ: {e}"))
 }

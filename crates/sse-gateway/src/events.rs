@@ -68,6 +68,7 @@ pub(crate) enum Endpoint {
     Publish,
     Streams,
     Close,
+    History,
 }
 
 impl Endpoint {
@@ -77,6 +78,7 @@ impl Endpoint {
             Self::Publish => "publish",
             Self::Streams => "streams",
             Self::Close => "close",
+            Self::History => "history",
         }
     }
 }

@@ -165,6 +165,13 @@ impl GatewayHandle {
         Ok(())
     }
 
+    /// The cursor of the latest event (`None` with history off): read it
+    /// before taking a snapshot and hand it to the client, whose stream
+    /// opened with `lastEventId=<it>` then gets every event after it.
+    pub fn history_position(&self) -> Option<String> {
+        self.shared.router.history_position()
+    }
+
     /// Number of open streams.
     pub fn open_streams(&self) -> usize {
         self.shared.router.counts().1

@@ -147,6 +147,11 @@ async fn dispatch(
                 api::authorize(shared, listener, authorization()).and_then(|()| api::streams(shared, path_and_query));
             answered(shared, Endpoint::Streams, started, result)
         }
+        Route::History => {
+            let started = Instant::now();
+            let result = api::authorize(shared, listener, authorization()).map(|()| api::history(shared));
+            answered(shared, Endpoint::History, started, result)
+        }
         Route::Close => {
             let started = Instant::now();
             let result = match api::authorize(shared, listener, authorization()) {

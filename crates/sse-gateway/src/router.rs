@@ -262,6 +262,11 @@ impl Router {
         (c.epoch == h.position().epoch && c.n > h.offset()).then_some(c.n)
     }
 
+    /// The cursor of the latest event (what `ready` would carry now), when history is on.
+    pub(crate) fn history_position(&self) -> Option<String> {
+        Some(self.history()?.position().to_string())
+    }
+
     /// The history's raw position (AMQP: the offset after the last one seen), when history is on.
     pub(crate) fn history_offset(&self) -> Option<u64> {
         Some(self.history()?.offset())

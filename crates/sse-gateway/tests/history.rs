@@ -223,3 +223,26 @@ async fn without_history_there_are_no_ids_and_last_event_id_is_ignored() {
     assert_eq!(client.next_event().await.data, payload("new", "2"));
     assert_eq!(client.raw(), format!("event: ready\ndata:\n\ndata: {}\n\n", payload("new", "2")).as_bytes());
 }
+
+#[tokio::test]
+async fn a_snapshot_position_from_the_internal_api_resumes_exactly_after_it() {
+    let backend = Backend::start().await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS, HISTORY]).await;
+    publish(&gw, json!({"key": "broadcast", "event": event("before", "0")})).await;
+    // The backend reads the position, then takes its snapshot.
+    let r = sse_testkit::request(gw.internal_addr(), "GET", "/internal/history", &[], b"").await;
+    assert_eq!(r.status, 200);
+    let position = r.json()["id"].as_str().expect("an id with history on").to_owned();
+    publish(&gw, json!({"key": "broadcast", "event": event("after", "1")})).await;
+    let path = format!("/s?request_id=r1&lastEventId={position}");
+    let mut client = SseClient::open(gw.addr, &path, &[]).await;
+    backend.expect("connect").await;
+    assert_eq!(client.next_event().await.data, payload("after", "1"), "only what came after the snapshot");
+    assert_eq!(client.next_event().await.event_type, "ready");
+    // Off: null; and the public port needs the secret like the rest of the internal API.
+    let off = gateway(&backend, &[DEFAULT_BINDINGS]).await;
+    let r = sse_testkit::request(off.internal_addr(), "GET", "/internal/history", &[], b"").await;
+    assert_eq!(r.json(), json!({"id": null}));
+    let r = sse_testkit::request(off.addr, "GET", "/internal/history", &[], b"").await;
+    assert_eq!(r.status, 403);
+}

@@ -238,6 +238,7 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
             // retry: is jittered so a restart's reconnects spread out.
             retry_on_backend_failure: true,
             open_retry_jitter: Some((1_000, 5_000)),
+            history: Duration::from_secs(cfg.history_seconds),
             ..sse_gateway::Config::default()
         };
         let gateway = Gateway::builder(gw_config)

@@ -45,6 +45,7 @@ pub mod settings {
         LEASE_POLL_SECONDS = "LEASE_POLL_SECONDS", "lease-poll-seconds", Some("30"), "Re-read the lease file this often even without a file event, seconds; 0: never";
         INTERNAL_API_SECRET = "INTERNAL_API_SECRET", "internal-api-secret", None, "Bearer secret of the internal routes (/internal/*); unset: only loopback clients may call them";
         changed gateway::HEARTBEAT_INTERVAL_SECONDS, gateway::HEARTBEAT_INTERVAL_SECONDS.default, "Period of the in-process gateway's `: heartbeat` comment, seconds (at least 1)";
+        changed gateway::HISTORY_SECONDS, Some("300"), "Resumable streams of the in-process gateway: events keep an id: and stay replayable this long, so a page that reconnects (network blip, hub restart with RabbitMQ) misses nothing or is told (event: gap); 0 = off";
         changed backend::SSE_GATEWAY_URL, None, "Use an external gateway at this URL instead of the in-process one: the hub then serves POST /api/sse/callback and sends over HTTP";
         shared backend::SSE_GATEWAY_SECRET;
         shared backend::SSE_GATEWAY_PUBLISH;
@@ -111,6 +112,8 @@ pub struct HubConfig {
     pub internal_api_secret: Option<String>,
     /// `HEARTBEAT_INTERVAL_SECONDS` of the in-process gateway (at least 1).
     pub heartbeat_interval_seconds: u64,
+    /// `HISTORY_SECONDS` of the in-process gateway (0: off).
+    pub history_seconds: u64,
     /// `SSE_GATEWAY_URL` (with `SSE_GATEWAY_SECRET`, `SSE_GATEWAY_PUBLISH`):
     /// an external gateway; `None`: the gateway runs in-process.
     pub external_gateway: Option<HttpBroadcasterConfig>,
@@ -269,6 +272,7 @@ impl HubConfig {
             lease_poll_seconds: r.number(s::LEASE_POLL_SECONDS, 0, "a number of seconds (0: never)")?,
             internal_api_secret: r.text(s::INTERNAL_API_SECRET),
             heartbeat_interval_seconds: r.number(s::HEARTBEAT_INTERVAL_SECONDS, 1, "a number of seconds >= 1")?,
+            history_seconds: r.number(s::HISTORY_SECONDS, 0, "a number of seconds (0: off)")?,
             external_gateway: r.text(s::SSE_GATEWAY_URL).map(|_| backend.gateway),
             callback: backend.callback,
             amqp: AmqpConfig::from_lookup(&lookup)?,
