@@ -110,7 +110,7 @@ async fn a_resumed_stream_is_the_same_client_and_is_not_sent_its_version_twice()
     let (a, v) = open(&s, "ra", &[]).await;
     assert_eq!(v, json!({"version": "v1"}));
     let last =
-        String::from_utf8_lossy(a.raw()).lines().filter_map(|l| l.strip_prefix("id: ")).last().map(str::to_owned);
+        String::from_utf8_lossy(a.raw()).lines().filter_map(|l| l.strip_prefix("id: ")).next_back().map(str::to_owned);
     let last = last.expect("with history, ready carries an id");
     a.close().await;
     // EventSource comes back with Last-Event-ID: no second version notice.
