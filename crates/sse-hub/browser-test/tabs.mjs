@@ -1,7 +1,7 @@
 // Drives N tabs of the sse-hub dashboard in ONE headless Debian chromium
 // browser context (one browser, as a user's tabs share one profile), over
 // plain HTTP/1.1. Usage:
-//   node tabs.mjs <hub-url> <tabs> <lease-ip> <bulk-first-ip> <bulk-count> <screenshot.png>
+//   node tabs.mjs <hub-url> <tabs> <lease-ip> <bulk-first-ip> <bulk-count> <screenshot.png> <last-ip>
 // Protocol with the Rust test (tests/dashboard_tabs.rs), one line each:
 //   "tabs live"          every tab shows live, ready and the lease table; the
 //                        test then checks the hub holds ONE stream and appends
@@ -16,15 +16,18 @@
 //                        (time from "probes ready", longest timer gap,
 //                        longest long task, rows in the DOM);
 //   "bulk row shown"     the filter finds the first bulk row, highlighted;
+//   "first tab closed"   the tab that started the shared stream is closed;
+//                        the test appends <last-ip>;
+//   "lease after close"  every other tab shows it (the stream lives on);
 //   "no page errors", "tabs ok", exit 0.
 // Any failure, and any error a page reports (an uncaught exception, a
 // console error, which includes what the stream worker reports), exits 1.
 import { chromium } from "playwright-core";
 
-const [url, tabsArg, leaseIp, bulkFirst, bulkArg, shot] = process.argv.slice(2);
+const [url, tabsArg, leaseIp, bulkFirst, bulkArg, shot, lastIp] = process.argv.slice(2);
 const tabs = Number(tabsArg), bulk = Number(bulkArg);
-if (!url || !(tabs > 0) || !leaseIp || !bulkFirst || !(bulk > 0) || !shot) {
-  console.error("usage: node tabs.mjs <url> <tabs> <lease-ip> <bulk-first-ip> <bulk-count> <screenshot>");
+if (!url || !(tabs > 1) || !leaseIp || !bulkFirst || !(bulk > 0) || !shot || !lastIp) {
+  console.error("usage: node tabs.mjs <url> <tabs (2 or more)> <lease-ip> <bulk-first-ip> <bulk-count> <screenshot> <last-ip>");
   process.exit(2);
 }
 const T = 30000;
@@ -128,6 +131,17 @@ try {
   console.log("bulk row shown");
   await pages[0].screenshot({ path: shot });
   console.log("screenshot: " + shot);
+  noPageErrors("bulk row shown");
+
+  await pages[0].close();
+  const rest = pages.slice(1);
+  console.log("first tab closed");
+  // Among 5,000 rows it may be out of view: the filter brings it.
+  await inEveryTab(rest, `row ${lastIp}`, async (p) => {
+    await p.fill("#lease-filter", lastIp);
+    await p.waitForSelector(`#leases tr[data-ip="${lastIp}"]`, { timeout: T });
+  });
+  console.log("lease after close");
   noPageErrors("the end");
   console.log("no page errors");
   console.log("tabs ok");

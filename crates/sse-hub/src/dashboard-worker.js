@@ -39,6 +39,7 @@ let attempt = 0;
 let retryTimer = null;
 let outbox = [];
 let flushQueued = false;
+let fatal = null; // why there is no stream at all (told to every tab that joins)
 
 function post(client, msg) {
   try { client.port.postMessage(msg); } catch { clients.delete(client); }
@@ -72,6 +73,11 @@ function setConn(state) {
 }
 
 function connect() {
+  if (typeof EventSource !== "function") {
+    fatal = "this browser has no EventSource in workers: the dashboard cannot open its stream";
+    reportError(fatal);
+    return;
+  }
   if (es) es.close();
   ready = false;
   setConn(attempt ? "reconnecting" : "connecting");
@@ -202,6 +208,7 @@ function init(c) {
   flush(); // what the table already holds is not sent again
   const leases = lease.seq === null && lease.map.size === 0 ? null : { seq: lease.seq, leases: [...lease.map.values()] };
   post(c, { op: "init", requestId, conn, ready, leases, version });
+  if (fatal) post(c, { op: "error", message: fatal });
 }
 
 async function onClientMessage(c, msg) {
