@@ -306,8 +306,22 @@ impl CallbackHandler {
         Ok(ConnectAnswer { info, bindings, expires_at: identity.and_then(|i| i.expires_at) })
     }
 
-    /// Handles a disconnect.
-    pub async fn disconnect(&self, token: &str) {
+    /// Handles a disconnect with the gateway's `reason`. A stream the gateway
+    /// ended with `error` (its client did not keep up: the stream's queue
+    /// overflowed or its socket stalled; or a write failed) is logged at warn
+    /// with its token, `request_id` and URL, so a dropped slow page is never
+    /// silent.
+    pub async fn disconnect(&self, token: &str, reason: &str) {
+        if reason == "error" {
+            let info = self.manager.connection_by_token(token);
+            tracing::warn!(
+                token,
+                request_id = info.as_ref().map_or("", |c| c.request_id.as_str()),
+                url = info.as_ref().map_or("", |c| c.url.as_str()),
+                "the gateway closed a stream with error: its client did not keep up (queue overflow or \
+                 stalled socket) or a write failed"
+            );
+        }
         self.manager.on_disconnect(token).await;
     }
 
@@ -355,7 +369,8 @@ impl CallbackHandler {
             }
             Some(Value::String(a)) if a == "disconnect" => {
                 let p = validate(&value, "disconnect")?;
-                self.disconnect(&p.token).await;
+                let reason = value.get("reason").and_then(Value::as_str).unwrap_or_default();
+                self.disconnect(&p.token, reason).await;
                 Ok(json!({}))
             }
             Some(Value::String(a)) if a == "roster" => {

@@ -472,6 +472,12 @@ impl ConnectionManager {
         bound
     }
 
+    /// The live connection whose stream is `token`, if any.
+    pub fn connection_by_token(&self, token: &str) -> Option<ConnectionInfo> {
+        let st = self.state();
+        st.by_token.get(token).and_then(|rid| st.by_request.get(rid)).filter(|c| c.token == token).cloned()
+    }
+
     /// Sends to one `request_id`. False when it is not connected (no gateway
     /// call), when the gateway no longer knows the stream (the connection is
     /// then ended like a disconnect), or on any send error.

@@ -66,12 +66,12 @@ impl ConnectHook for InProcessHook {
     fn disconnect<'a>(
         &'a self,
         token: Uuid,
-        _reason: DisconnectReason,
+        reason: DisconnectReason,
         _request: &'a ClientRequest,
     ) -> HookFuture<'a, Result<(), Refusal>> {
         Box::pin(async move {
             let token = token.to_string();
-            match AssertUnwindSafe(self.handler.disconnect(&token)).catch_unwind().await {
+            match AssertUnwindSafe(self.handler.disconnect(&token, reason.as_str())).catch_unwind().await {
                 Ok(()) => Ok(()),
                 Err(_) => Err(Refusal::Status(500)),
             }

@@ -374,7 +374,8 @@ impl Metrics {
             }
             Event::SlowConsumersClosed { count } => {
                 self.overflows.get_or_create(&[("reason", "slow_consumer")]).inc_by(count as u64);
-                debug!(count, "closed streams whose clients did not keep up");
+                // Warn: a dropped stream loses events; it must never go unnoticed.
+                warn!(count, "closed streams whose clients did not keep up (STREAM_QUEUE_BYTES overflowed)");
             }
             Event::Held { key, held, dropped } => {
                 self.held.inc_by(held as u64);

@@ -1,7 +1,8 @@
 //! Shared helpers of the hub's black-box tests: start the real `sse-hub`
 //! binary on 127.0.0.1:0 with its own temporary data directory, open
 //! streams, read application events (`{"type","payload"}` envelopes), make
-//! requests, and reach the test Mosquitto (`SSE_TEST_MQTT_URL`, required).
+//! requests, reach the test Mosquitto (`SSE_TEST_MQTT_URL`, required), and
+//! check the browser tests' tools (node, Debian chromium, playwright-core).
 
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -172,4 +173,28 @@ pub async fn mqtt_publish(url: &str, topic: &str, payload: &[u8]) {
     })
     .await;
     let _ = client.disconnect().await;
+}
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// `browser-test/`: the playwright-core scripts of the browser tests.
+pub fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser-test")
+}
+
+/// Fails (never skips) without node or chromium; installs the npm packages
+/// with `npm ci` when they are missing.
+pub fn ensure_browser_tools() {
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(node.is_ok_and(|o| o.status.success()), "node is required (apt-get install -y nodejs npm)");
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is required (apt-get install -y chromium)");
+    let dir = browser_dir();
+    if !dir.join("node_modules/playwright-core/package.json").exists() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run npm ci in {}: {e}", dir.display()));
+        assert!(status.success(), "npm ci failed in {}", dir.display());
+    }
 }
