@@ -291,9 +291,16 @@ pub struct SseStream {
 impl SseStream {
     /// Connects, sends `GET path`, and reads the head; anything but 200 is an error.
     pub async fn open(dialer: &Dialer, endpoint: &Endpoint, path: &str) -> anyhow::Result<SseStream> {
+        Self::open_with(dialer, endpoint, path, "").await
+    }
+
+    /// Like [`SseStream::open`], with more request headers (`extra`: complete
+    /// `Name: value\r\n` lines, e.g. a `Last-Event-ID`).
+    pub async fn open_with(dialer: &Dialer, endpoint: &Endpoint, path: &str, extra: &str) -> anyhow::Result<SseStream> {
         let mut tcp = dialer.connect(endpoint.addr).await.context("connect")?;
         enable_receive_timestamps(&tcp).context("SO_TIMESTAMPNS")?;
-        let req = request_bytes("GET", &endpoint.host, path, "Accept: text/event-stream\r\n", b"");
+        let headers = format!("Accept: text/event-stream\r\n{extra}");
+        let req = request_bytes("GET", &endpoint.host, path, &headers, b"");
         tcp.write_all(&req).await.context("write request")?;
         let mut raw = Vec::new();
         let head = read_head(&mut tcp, &mut raw).await?;
@@ -339,6 +346,11 @@ impl SseStream {
         self.raw = bytes;
         self.raw.clear();
         Ok(Some(Batch { frames, arrived_us }))
+    }
+
+    /// The last `id:` the stream carried so far (the SSE "last event ID").
+    pub fn last_event_id(&self) -> &str {
+        self.parser.last_event_id()
     }
 
     async fn recv(&mut self) -> io::Result<(usize, Option<u64>)> {

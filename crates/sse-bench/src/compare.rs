@@ -1,8 +1,9 @@
 //! `compare`: reads the JSON results of one `scripts/bench` run
 //! (`<target>-<name>.json`, one per scenario and target) and prints a
-//! Markdown table of ours against Nchan with the ratio per metric.
+//! Markdown table of ours against Nchan with the ratio per metric; for
+//! `scripts/bench --history`, history off against on and the resume runs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -94,6 +95,18 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, Better)] {
             ("load generator CPU (% of one core)", "/cpu/load_generator/percent_of_one_core", Neither),
             ("other processes CPU (% of one core)", "/cpu/other_percent_of_one_core", Neither),
         ],
+        "resume" => &[
+            ("events missed", "/events", Neither),
+            ("verified: all replayed before ready, in order, then live (1 = yes)", "/verified", Higher),
+            ("request to ready (ms)", "/runs/0/ready_ms", Lower),
+            ("request to first replayed event (ms)", "/runs/0/first_event_ms", Lower),
+            ("replayed events/s", "/runs/0/replay_rate", Higher),
+            ("server CPU, request to ready (ms)", "/runs/0/server_cpu_ms", Lower),
+            ("load generator CPU, request to ready (ms)", "/runs/0/load_generator_cpu_ms", Neither),
+            ("publishing the missed events (events/s)", "/runs/0/publish_rate", Neither),
+            ("history catch-up before the reconnect (s)", "/runs/0/catch_up_secs", Neither),
+            ("live event after ready (ms)", "/runs/0/live_ms", Lower),
+        ],
         _ => &[],
     }
 }
@@ -116,7 +129,8 @@ fn load(dir: &Path, target: &str, name: &str) -> anyhow::Result<Outcome> {
 
 fn cell(outcome: &Outcome, pointer: &str) -> (String, Option<f64>) {
     match outcome {
-        Outcome::Ran(v) => match v.pointer(pointer).and_then(Value::as_f64) {
+        // A boolean reads 1 (true) or 0.
+        Outcome::Ran(v) => match v.pointer(pointer).and_then(|x| x.as_f64().or_else(|| x.as_bool().map(f64::from))) {
             Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => (format!("{x:.0}"), Some(x)),
             Some(x) if x.abs() >= 100.0 => (format!("{x:.0}"), Some(x)),
             Some(x) => (format!("{x:.2}"), Some(x)),
@@ -137,29 +151,57 @@ fn ratio(ours: Option<f64>, nchan: Option<f64>, better: Better) -> String {
     if r.is_finite() && r > 0.0 { format!("{r:.2}×") } else { "-".to_owned() }
 }
 
-/// The table for the results in `dir`.
+/// `scripts/bench --history` names its results `<base>-history-off<run>`
+/// and `<base>-history-on<run>`: compared with each other, not with Nchan.
+const HISTORY_OFF: &str = "-history-off";
+const HISTORY_ON: &str = "-history-on";
+/// Results of the `resume` scenario (our gateway alone, HTTP or RabbitMQ mode).
+const RESUME: &str = "resume";
+
+/// The tables for the results in `dir`: ours against Nchan, then (when
+/// present) history off against on, and the resume runs.
 pub fn table(dir: &Path) -> anyhow::Result<String> {
     let mut names = BTreeSet::new();
+    // base -> run suffixes, for the off/on pairs
+    let mut history: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut resumes = BTreeSet::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
         let file = entry?.file_name().to_string_lossy().into_owned();
-        let stem = file.strip_suffix(".json").or_else(|| file.strip_suffix(".failed"));
-        if let Some(name) = stem.and_then(|s| s.strip_prefix("ours-").or_else(|| s.strip_prefix("nchan-"))) {
+        let Some(stem) = file.strip_suffix(".json").or_else(|| file.strip_suffix(".failed")) else { continue };
+        let Some((target, name)) = stem.split_once('-') else { continue };
+        if name.starts_with(RESUME) && (target == "ours" || target == "amqp") {
+            resumes.insert(stem.to_owned());
+        } else if target != "ours" && target != "nchan" {
+            continue;
+        } else if let Some((base, run)) = name.split_once(HISTORY_OFF).or_else(|| name.split_once(HISTORY_ON)) {
+            history.entry(base.to_owned()).or_default().insert(run.to_owned());
+        } else {
             names.insert(name.to_owned());
         }
     }
+    let mut out = if names.is_empty() && !(history.is_empty() && resumes.is_empty()) {
+        String::new()
+    } else {
+        main_table(dir, &names)?
+    };
+    if !history.is_empty() {
+        out.push_str(&history_table(dir, &history)?);
+    }
+    if !resumes.is_empty() {
+        out.push_str(&resume_table(dir, &resumes)?);
+    }
+    Ok(out)
+}
+
+/// Ours against Nchan, one row per scenario and metric.
+fn main_table(dir: &Path, names: &BTreeSet<String>) -> anyhow::Result<String> {
     let mut out = String::from(
         "| scenario | metric | ours | nchan | ours better by (>1: ours better) |\n|---|---|---|---|---|\n",
     );
-    for name in &names {
+    for name in names {
         let ours = load(dir, "ours", name)?;
         let nchan = load(dir, "nchan", name)?;
-        let scenario = [&ours, &nchan]
-            .iter()
-            .find_map(|o| match o {
-                Outcome::Ran(v) => v.get("scenario").and_then(Value::as_str).map(str::to_owned),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let scenario = [&ours, &nchan].into_iter().find_map(scenario_of).unwrap_or_default();
         let rows = metrics(&scenario);
         if rows.is_empty() {
             out.push_str(&format!("| {name} | (no results) | {} | {} | - |\n", cell(&ours, "").0, cell(&nchan, "").0));
@@ -171,6 +213,77 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
         }
     }
     Ok(out)
+}
+
+/// History off against on (our gateway), every run of each, and the
+/// ratio of the medians.
+fn history_table(dir: &Path, pairs: &BTreeMap<String, BTreeSet<String>>) -> anyhow::Result<String> {
+    let mut out = String::from(
+        "\nHistory off against on (HISTORY_SECONDS), every run:\n\n\
+         | scenario | metric | off | on | on / off (medians) |\n|---|---|---|---|---|\n",
+    );
+    for (base, runs) in pairs {
+        let mut off = Vec::new();
+        let mut on = Vec::new();
+        for run in runs {
+            off.push(load(dir, "ours", &format!("{base}{HISTORY_OFF}{run}"))?);
+            on.push(load(dir, "ours", &format!("{base}{HISTORY_ON}{run}"))?);
+        }
+        let scenario = off.iter().chain(&on).find_map(scenario_of).unwrap_or_default();
+        for (label, pointer, _) in metrics(&scenario) {
+            let (off_text, off_median) = cells(&off, pointer);
+            let (on_text, on_median) = cells(&on, pointer);
+            let r = match (off_median, on_median) {
+                (Some(a), Some(b)) if a != 0.0 && (b / a).is_finite() => format!("{:.2}", b / a),
+                _ => "-".to_owned(),
+            };
+            out.push_str(&format!("| {base} | {label} | {off_text} | {on_text} | {r} |\n"));
+        }
+    }
+    Ok(out)
+}
+
+/// One column per resume result.
+fn resume_table(dir: &Path, stems: &BTreeSet<String>) -> anyhow::Result<String> {
+    let mut outcomes = Vec::new();
+    for stem in stems {
+        let (target, name) = stem.split_once('-').unwrap_or((stem, ""));
+        outcomes.push(load(dir, target, name)?);
+    }
+    let mut out = String::from("\nResume (Last-Event-ID replay):\n\n| metric |");
+    for stem in stems {
+        out.push_str(&format!(" {stem} |"));
+    }
+    out.push_str(&format!("\n|---|{}\n", "---|".repeat(stems.len())));
+    for (label, pointer, _) in metrics(RESUME) {
+        out.push_str(&format!("| {label} |"));
+        for o in &outcomes {
+            out.push_str(&format!(" {} |", cell(o, pointer).0));
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn scenario_of(outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Outcome::Ran(v) => v.get("scenario").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// The cells of several runs joined with " / ", and the median of their values.
+fn cells(outcomes: &[Outcome], pointer: &str) -> (String, Option<f64>) {
+    let cells: Vec<(String, Option<f64>)> = outcomes.iter().map(|o| cell(o, pointer)).collect();
+    let text = cells.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(" / ");
+    let mut values: Vec<f64> = cells.iter().filter_map(|(_, v)| *v).collect();
+    values.sort_by(f64::total_cmp);
+    let median = match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[n / 2]),
+        n => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    };
+    (text, median)
 }
 
 #[cfg(test)]
@@ -199,5 +312,34 @@ mod tests {
         assert!(table.contains("| hold | server RSS per stream (bytes) | 4000 | 10000 | 2.50× |"), "{table}");
         assert!(table.contains("| send | sends/s | 30000 | not run | - |"), "{table}");
         assert!(table.contains("| churn | (no results) | not run | failed | - |"), "{table}");
+    }
+
+    #[test]
+    fn history_runs_are_paired_off_against_on_and_resumes_get_their_own_table() {
+        let dir = std::env::temp_dir().join(format!("sse-bench-compare-history-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
+        let fanout =
+            |cpu: f64| format!(r#"{{"scenario":"fanout","cpu":{{"server":{{"percent_of_one_core":{cpu}}}}}}}"#);
+        write("ours-fanout-9x1-history-off-1.json", &fanout(20.0));
+        write("ours-fanout-9x1-history-on-1.json", &fanout(22.0));
+        write("ours-fanout-9x1-history-off-2.json", &fanout(30.0));
+        write("ours-fanout-9x1-history-on-2.failed", "");
+        write("ours-resume-5-1.json", r#"{"scenario":"resume","events":5,"verified":true,"runs":[{"ready_ms":12.5}]}"#);
+        write(
+            "amqp-resume-5-1.json",
+            r#"{"scenario":"resume","events":5,"verified":false,"runs":[{"ready_ms":30.0}]}"#,
+        );
+        let table = table(&dir).expect("table");
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(
+            table.contains("| fanout-9x1 | server CPU (% of one core) | 20 / 30 | 22 / failed | 0.88 |"),
+            "{table}"
+        );
+        assert!(!table.contains("| fanout-9x1-history"), "pairs stay out of the Nchan table: {table}");
+        assert!(table.contains("| metric | amqp-resume-5-1 | ours-resume-5-1 |"), "{table}");
+        assert!(table.contains("| request to ready (ms) | 30 | 12.50 |"), "{table}");
+        assert!(!table.contains("| scenario | metric | ours | nchan |"), "no empty Nchan table: {table}");
+        assert!(table.contains("| 0 | 1 |"), "verified reads as 0/1: {table}");
     }
 }

@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde::Serialize;
 
-use crate::client::{Dialer, Endpoint, HttpConn, Response};
+use crate::client::{Dialer, Endpoint};
 use crate::fleet::{Fleet, FleetSpec};
 use crate::payload;
 use crate::proc::{PhaseCpu, PhaseMeter, ProcessProbe};
+use crate::publisher::Publisher;
 use crate::report::{Progress, Report};
 use crate::stats::LatencySummary;
 use crate::target::Target;
@@ -142,46 +143,6 @@ impl Report for FanoutReport {
     }
 }
 
-/// Where broadcasts go: the server's HTTP publish endpoint, or RabbitMQ.
-enum Publisher {
-    Http(HttpConn, Target),
-    Amqp { channel: lapin::Channel, exchange: String, _conn: Box<lapin::Connection> },
-}
-
-impl Publisher {
-    async fn connect(args: &FanoutArgs) -> anyhow::Result<Publisher> {
-        if !args.publish.starts_with("amqp://") {
-            return Ok(Publisher::Http(HttpConn::new(Endpoint::parse(&args.publish)?), args.target));
-        }
-        let conn = lapin::Connection::connect(&args.publish, lapin::ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
-        channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await?;
-        Ok(Publisher::Amqp { channel, exchange: args.exchange.clone(), _conn: Box::new(conn) })
-    }
-
-    /// Publishes one payload; the answer mimics an HTTP one (status, body).
-    async fn publish(&mut self, dialer: &Dialer, payload: &str) -> anyhow::Result<Response> {
-        match self {
-            Publisher::Http(conn, target) => conn.request_default(dialer, "POST", &target.publish_body(payload)).await,
-            Publisher::Amqp { channel, exchange, .. } => {
-                let body = serde_json::json!({"event": crate::target::EVENT_NAME, "data": payload}).to_string();
-                // Waits for the broker's confirm: the round trip is publish-to-broker.
-                channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        crate::target::BROADCAST_KEY.into(),
-                        lapin::options::BasicPublishOptions::default(),
-                        body.as_bytes(),
-                        lapin::BasicProperties::default(),
-                    )
-                    .await?
-                    .await?;
-                Ok(Response { status: 200, body: Vec::new() })
-            }
-        }
-    }
-}
-
 /// Runs `fanout`.
 pub async fn run(args: FanoutArgs, dialer: Arc<Dialer>) -> anyhow::Result<FanoutReport> {
     if !(args.rate > 0.0 && args.rate.is_finite()) {
@@ -189,7 +150,7 @@ pub async fn run(args: FanoutArgs, dialer: Arc<Dialer>) -> anyhow::Result<Fanout
     }
     let count = usize::try_from(args.count)?;
     let probe = ProcessProbe::new(args.server_pids.clone());
-    let mut publisher = Publisher::connect(&args).await?;
+    let mut publisher = Publisher::connect(&args.publish, &args.exchange, args.target).await?;
     let spec = FleetSpec {
         endpoints: args.url.split(',').map(|u| Endpoint::parse(u.trim())).collect::<anyhow::Result<_>>()?,
         target: args.target,

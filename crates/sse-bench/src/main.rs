@@ -9,9 +9,10 @@
 //! Modules: `client` (raw HTTP/1.1 and SSE over TCP; chunked decoding is
 //! `sse_wire::Dechunker`), `fleet` (N client streams and what they receive), `payload`
 //! (the `{seq,ts}` payload), `target` (ours vs Nchan), `stats`
-//! (percentiles), `proc` (server RSS and CPU), `report` (progress and
-//! output), one module per scenario (`admin` and `roster` measure the control
-//! plane), and `compare` (the results table).
+//! (percentiles), `proc` (server RSS and CPU), `publisher` (publishing over
+//! HTTP or RabbitMQ), `report` (progress and output), one module per
+//! scenario (`admin` and `roster` measure the control plane, `resume` the
+//! replay of missed events), and `compare` (the results table).
 
 mod admin;
 mod backend;
@@ -23,7 +24,9 @@ mod fleet;
 mod hold;
 mod payload;
 mod proc;
+mod publisher;
 mod report;
+mod resume;
 mod roster;
 mod send;
 mod stats;
@@ -62,6 +65,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Roster callbacks under N idle streams: bytes per roster, gateway and backend CPU (our gateway only).
     Roster(roster::RosterArgs),
+    /// History on: one stream misses N events, resumes with Last-Event-ID; time to `ready`, order checked.
+    Resume(resume::ResumeArgs),
     /// Connect, wait until open, close, repeat; connects per second.
     Churn(churn::ChurnArgs),
     /// Print the ours-vs-Nchan table of a results directory.
@@ -96,6 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => emit(&send::run(args, dialer).await?, cli.json),
         Command::Admin(args) => emit(&admin::run(args, dialer).await?, cli.json),
         Command::Roster(args) => emit(&roster::run(args, dialer).await?, cli.json),
+        Command::Resume(args) => emit(&resume::run(args, dialer).await?, cli.json),
         Command::Churn(args) => emit(&churn::run(args, dialer).await?, cli.json),
         Command::Compare(args) => {
             print!("{}", compare::table(&args.dir)?);

@@ -1,5 +1,6 @@
 //! Readings of processes and of the machine from `/proc`: resident memory
-//! (`VmRSS`) and CPU time (`utime + stime`, all threads) summed over the
+//! (`VmRSS`) and CPU time (`utime + stime`, all threads; or per-thread
+//! `schedstat` in nanoseconds for short phases) summed over the
 //! server's PIDs (Nginx's master and worker, or the gateway alone), the load
 //! generator's own CPU, and the whole machine's busy time, so a result shows
 //! when something else was competing for the two cores. Linux only, like the
@@ -38,6 +39,38 @@ impl ProcessProbe {
     fn cpu_ticks(&self) -> anyhow::Result<u64> {
         self.pids.iter().map(|&pid| cpu_ticks(pid)).sum()
     }
+
+    /// Summed CPU time of every thread, in nanoseconds (`None` without PIDs).
+    /// For phases of milliseconds, where `utime + stime` (10 ms ticks) reads 0.
+    pub fn cpu_nanos(&self) -> anyhow::Result<Option<u64>> {
+        if self.pids.is_empty() {
+            return Ok(None);
+        }
+        self.pids.iter().map(|&pid| cpu_nanos(pid)).sum::<anyhow::Result<u64>>().map(Some)
+    }
+}
+
+/// CPU time of this process's threads, in nanoseconds.
+pub fn own_cpu_nanos() -> anyhow::Result<u64> {
+    cpu_nanos(std::process::id())
+}
+
+/// The sum over `/proc/PID/task/*/schedstat` of the time spent on a CPU
+/// (first field, nanoseconds). Threads that exited are not counted.
+fn cpu_nanos(pid: u32) -> anyhow::Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("read {dir}"))? {
+        let path = entry?.path().join("schedstat");
+        // A thread may exit between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        total += parse_schedstat_nanos(&text).with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    Ok(total)
+}
+
+fn parse_schedstat_nanos(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// CPU used over a phase, as a share of its wall time.
@@ -194,6 +227,8 @@ mod tests {
         assert_eq!(parse_cpu_ticks(stat), Some(325));
         let machine = "cpu  100 1 20 5000 7 2 3 4 0 0\ncpu0 50 0 10 2500 3 1 1 2 0 0\n";
         assert_eq!(parse_machine_busy(machine), Some(130));
+        assert_eq!(parse_schedstat_nanos("194850022 12095578 399\n"), Some(194_850_022));
+        assert_eq!(parse_schedstat_nanos(""), None);
     }
 
     #[test]
@@ -202,6 +237,8 @@ mod tests {
         assert!(me.rss_kb().expect("readable").unwrap_or(0) > 0);
         let phase = PhaseMeter::start(&me).expect("readable").read().expect("readable");
         assert!(phase.server.is_some());
+        assert!(me.cpu_nanos().expect("readable").unwrap_or(0) > 0);
+        assert!(own_cpu_nanos().expect("readable") > 0);
         assert_eq!(ProcessProbe::default().rss_kb().expect("no pids"), None);
     }
 }
