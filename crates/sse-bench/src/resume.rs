@@ -4,9 +4,9 @@
 //! Per repetition: open one stream and note the cursor it went live at (the
 //! `id:` of `ready`); close it; publish N events to `broadcast` (in order,
 //! each accepted before the next, or all confirmed by RabbitMQ); wait until
-//! the gateway the stream resumes on has them in its history (its
-//! `GET /internal/history` position, when `--history-url` is given); then
-//! reconnect with `Last-Event-ID: <cursor>` and time the request until
+//! every gateway has them in its history (its `GET /internal/history`
+//! position, when `--history-url` is given), so none is still busy reading
+//! them; then reconnect with `Last-Event-ID: <cursor>` and time the request until
 //! `ready`, checking that exactly the N events came before it, in publish
 //! order, with increasing ids and no `gap`. Finally one live event is
 //! published and must arrive next (no duplicate, no hole at the seam).
@@ -47,10 +47,11 @@ pub struct ResumeArgs {
     /// Internal base URLs (`http://127.0.0.1:INTERNAL_PORT`) of the
     /// gateways, comma-separated, in the order of `--url`. With RabbitMQ each
     /// instance reads the history stream at its own pace, so through their
-    /// `GET /internal/history`: before reconnecting, wait until the last one
-    /// (where the stream resumes) has the published events; before each
-    /// repetition, wait until all have read as far as the furthest (so the
-    /// new stream's cursor is after the previous repetition's events).
+    /// `GET /internal/history`: before reconnecting, wait until every one has
+    /// the published events (the timed span is then the replay alone, not
+    /// another instance still reading them); before each repetition, until
+    /// all have read as far as the furthest (so the new stream's cursor is
+    /// after the previous repetition's events).
     #[arg(long)]
     pub history_url: Option<String>,
     /// Events missed (published while the stream is away).
@@ -89,7 +90,7 @@ pub struct ResumeRun {
     /// Publishing the N events: seconds, and events per second.
     pub publish_secs: f64,
     pub publish_rate: f64,
-    /// Waiting for the resuming gateway's history to cover them (about 0 without `--history-url`).
+    /// Waiting for the gateways' histories to cover them (about 0 without `--history-url`).
     pub catch_up_secs: f64,
     /// From the reconnect (before the TCP connect) to the response head.
     pub head_ms: f64,
@@ -213,7 +214,7 @@ pub async fn run(args: ResumeArgs, dialer: std::sync::Arc<Dialer>) -> anyhow::Re
         let publish_secs = started.elapsed().as_secs_f64();
 
         let started = Instant::now();
-        if let Some(conn) = history.last_mut() {
+        for conn in &mut history {
             wait_for_position(conn, &dialer, from + args.events, started + deadline).await?;
         }
         let catch_up_secs = started.elapsed().as_secs_f64();
