@@ -1,26 +1,35 @@
 //! Everything hyper serves: the internal API, health, metrics, `OPTIONS`,
-//! an embedding application's requests, and the streams that do not take the
-//! raw path (`HEAD`, HTTP/1.0, later requests on a kept-alive connection).
+//! an embedding application's requests, the streams that do not take the
+//! raw path (`HEAD`, HTTP/1.0, later requests on a kept-alive connection),
+//! and every request of a TLS connection, HTTP/1.1 or HTTP/2 alike.
 //!
 //! Routing is `routes::resolve`; the answers themselves come from `api`;
-//! this module owns the hyper glue: the connection, body limits, response
-//! headers and the response body types.
+//! this module owns the hyper glue: the connection (HTTP/1.1 or HTTP/2, with
+//! its abort token), body limits, response headers and the response body
+//! types.
+//!
+//! An HTTP/2 connection carries many streams, each a task of its own that
+//! hyper spawns; they share the connection's abort token, so a slow consumer
+//! cut or a stall ends every stream of that connection (a client that does
+//! not read its socket stalls all of them anyway). The HTTP/2 settings keep
+//! an idle stream small: see [`H2_MAX_SEND_BUF`] and its neighbours.
 
 use std::convert::Infallible;
 use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -44,29 +53,92 @@ const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 /// How long a client may take to send a request head on a kept-alive connection.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves a connection with hyper; `prefix` holds the bytes already read.
-pub(crate) async fn serve(
+/// HTTP/2: bytes of one stream's data that hyper may hold before it stops
+/// taking frames from the stream's queue (hyper's default is 400 KiB). The
+/// frames are shared buffers, so this bounds how far a stream runs ahead of
+/// its socket, not a copy per stream; the queue bound and the stall sweep
+/// act on what waits behind it.
+pub(crate) const H2_MAX_SEND_BUF: usize = 64 * 1024;
+
+/// HTTP/2: streams one connection may have open at once (a browser puts all
+/// its tabs' streams to one origin on one connection). `MAX_CONNECTIONS`
+/// still bounds the streams of the whole gateway.
+pub(crate) const H2_MAX_CONCURRENT_STREAMS: u32 = 1000;
+
+/// HTTP/2: how much a client may send before we read it, per stream and per
+/// connection. Streams send nothing; request bodies are read at once, so the
+/// protocol's 64 KiB default per stream is enough, and the connection window
+/// lets several bodies arrive side by side.
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// The protocol a connection speaks (for TLS, what ALPN chose).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// hyper's connection builders, one per protocol, configured once per gateway.
+pub(crate) struct Protocols {
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    pub(crate) fn new(max_header_bytes: usize) -> Self {
+        let builder = || {
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(max_header_bytes.max(8192));
+            b.http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+                .max_send_buf_size(H2_MAX_SEND_BUF)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW);
+            b
+        };
+        Self { http1: builder().http1_only(), http2: builder().http2_only() }
+    }
+}
+
+/// Serves a connection with hyper until it ends. `fd` is its TCP socket's,
+/// for the reset when the connection is cut.
+pub(crate) async fn serve<I>(
     shared: Arc<Shared>,
-    tcp: TcpStream,
+    io: I,
+    fd: RawFd,
     peer: std::net::SocketAddr,
-    prefix: Bytes,
     listener: Listener,
-) {
-    // Cuts the connection when one of its streams overflows, or at the shutdown deadline.
+    protocol: Protocol,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Cuts the connection when one of its streams overflows or stalls, or at the shutdown deadline.
     let abort = shared.cut.child_token();
     let svc_shared = Arc::clone(&shared);
     let svc_abort = abort.clone();
     let svc = service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(peer);
+        if req.version() == Version::HTTP_2 {
+            with_host_from_authority(&mut req);
+        }
         let shared = Arc::clone(&svc_shared);
         let abort = svc_abort.clone();
-        async move { Ok::<_, Infallible>(handle(shared, abort, listener, req).await) }
+        // Boxed: hyper keeps this future in the stream's task (HTTP/2) or the
+        // connection (HTTP/1) until the answer's head is out; as a box it is
+        // freed then instead of sizing the task for the stream's whole life.
+        Box::pin(async move { Ok::<_, Infallible>(handle(shared, abort, listener, req).await) })
     });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(shared.config.max_header_bytes.max(8192))
-        .serve_connection(TokioIo::new(Rewind::new(prefix, tcp)), svc);
+    let builder = match protocol {
+        Protocol::Http1 => &shared.protocols.http1,
+        Protocol::Http2 => &shared.protocols.http2,
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     let mut draining = false;
     loop {
@@ -84,9 +156,24 @@ pub(crate) async fn serve(
             }
             _ = abort.cancelled() => {
                 debug!("connection aborted");
+                // Overflowed, stalled or cut: reset instead of a graceful
+                // close, so unsent bytes do not linger in kernel memory.
+                // SAFETY: the socket is owned by `conn`, alive until after this call.
+                let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+                let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
                 break;
             }
         }
+    }
+}
+
+/// HTTP/2 names the host in the `:authority` pseudo-header; the connect
+/// callback and an embedding application see it as `host`, as over HTTP/1.1.
+fn with_host_from_authority(req: &mut Request<Incoming>) {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(host) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, host);
     }
 }
 
@@ -206,9 +293,9 @@ fn error(shared: &Shared, e: &ApiError) -> Resp {
     r
 }
 
-fn sse(body: ResponseBody) -> Resp {
+fn sse(body: ResponseBody, version: Version) -> Resp {
     let mut r = Response::new(body);
-    headers::apply(r.headers_mut(), &headers::SSE);
+    headers::apply(r.headers_mut(), headers::sse_for(version));
     r
 }
 
@@ -216,6 +303,7 @@ async fn stream(shared: &Arc<Shared>, abort: CancellationToken, req: Request<Inc
     let url = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let request = ClientRequest::from_parts(url, req.headers());
     let peer = req.extensions().get::<std::net::SocketAddr>().copied();
+    let version = req.version();
     drop(req);
     let decision = match connect::start(shared, request, peer, Some(abort)) {
         Err(d) => d,
@@ -225,8 +313,8 @@ async fn stream(shared: &Arc<Shared>, abort: CancellationToken, req: Request<Inc
         },
     };
     match decision {
-        Decision::Stream(handle) => sse(ResponseBody::Stream(SseBody::new(handle))),
-        Decision::InStream(frame) => sse(ResponseBody::Chunked(Some(frame))),
+        Decision::Stream(handle) => sse(ResponseBody::Stream(SseBody::new(handle)), version),
+        Decision::InStream(frame) => sse(ResponseBody::Chunked(Some(frame)), version),
         Decision::Error(e) => error(shared, &e),
     }
 }

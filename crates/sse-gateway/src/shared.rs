@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::disconnect::Disconnects;
 use crate::expiry::Expiries;
 use crate::hook::ConnectHook;
+use crate::hyper_path::Protocols;
 use crate::metrics::Metrics;
 use crate::pacing::Pacing;
 use crate::router::Router;
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) disconnects: Disconnects,
     /// Slots for backend callbacks in flight, and the connects waiting for one.
     pub(crate) callbacks: Arc<Pacing>,
+    /// hyper's HTTP/1 and HTTP/2 connection settings.
+    pub(crate) protocols: Protocols,
 }
 
 impl Shared {
@@ -53,6 +56,7 @@ impl Shared {
         let disconnects =
             Disconnects::new(config.disconnect_retry, Arc::clone(&metrics), shutdown.clone(), Arc::clone(&callbacks));
         Self {
+            protocols: Protocols::new(config.max_header_bytes),
             config,
             router,
             hook,

@@ -10,6 +10,8 @@
 //! * [`request`]: one plain HTTP request (JSON in, status and body out).
 //! * [`RabbitNode`], [`MosquittoNode`]: private brokers a test may stop and
 //!   restart on the same port (the shared ones: [`amqp_url`], `SSE_TEST_MQTT_URL`).
+//! * [`TestCert`], [`HttpsConnection`]: a self-signed certificate made at
+//!   test time, and an HTTPS client (HTTP/2 or HTTP/1.1 by ALPN) trusting it.
 //! * [`Relay`]: a port-0 TCP relay for two servers that must know each
 //!   other's address at start.
 //!
@@ -22,6 +24,7 @@ mod client;
 mod mqtt;
 mod process;
 mod relay;
+mod tls;
 
 pub use amqp::{AmqpPublisher, RabbitNode, amqp_url, rabbitmqctl};
 pub use backend::{Backend, Call, DownBackend, Reply};
@@ -29,6 +32,7 @@ pub use client::{HttpResponse, SseClient, request, send_json};
 pub use mqtt::MosquittoNode;
 pub use process::Process;
 pub use relay::Relay;
+pub use tls::{Alpn, HttpsConnection, TestCert, TlsSseStream};
 
 use std::time::Duration;
 

@@ -113,3 +113,27 @@ pub async fn wait_for_metric_at_least(gw: &Process, line_prefix: &str, want: f64
 async fn metrics_text(gw: &Process) -> String {
     String::from_utf8_lossy(&request(gw.internal_addr(), "GET", "/metrics", &[], b"").await.body).into_owned()
 }
+
+/// Starts the gateway like [`gateway`], its public listener on HTTPS with `cert`.
+pub async fn tls_gateway(backend: &Backend, cert: &sse_testkit::TestCert, env: &[(&str, &str)]) -> Process {
+    let files = cert.env();
+    let mut all: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(env);
+    let gw = gateway(backend, &all).await;
+    assert!(gw.https, "the gateway announces https://");
+    gw
+}
+
+/// Opens a stream over `conn` that the backend accepts; checks the 200 and
+/// `ready`; returns the stream and its token.
+pub async fn tls_stream(
+    conn: &mut sse_testkit::HttpsConnection,
+    backend: &Backend,
+    path: &str,
+) -> (sse_testkit::TlsSseStream, String) {
+    let mut s = conn.sse(path).await;
+    let token = backend.expect("connect").await.token();
+    assert_eq!(s.status, 200);
+    assert_eq!(s.next_event().await.event_type, "ready");
+    (s, token)
+}
