@@ -14,39 +14,18 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{Hub, append_line, mqtt_publish, mqtt_url, now_secs};
+use support::{Hub, append_line, browser_dir, ensure_browser_tools, mqtt_publish, mqtt_url, now_secs};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 /// Bound of the whole browser run (browser start, page, task, events).
 const BROWSER_RUN: Duration = Duration::from_secs(90);
 
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser-test")
-}
-
-fn ensure_tools() {
-    let node = std::process::Command::new("node").arg("--version").output();
-    assert!(node.is_ok_and(|o| o.status.success()), "node is required (apt-get install -y nodejs npm)");
-    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is required (apt-get install -y chromium)");
-    let dir = browser_dir();
-    if !dir.join("node_modules/playwright-core/package.json").exists() {
-        let status = std::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run npm ci in {}: {e}", dir.display()));
-        assert!(status.success(), "npm ci failed in {}", dir.display());
-    }
-}
-
 #[tokio::test]
 async fn dashboard_shows_a_new_lease_a_task_started_from_the_page_and_a_published_log_line() {
-    ensure_tools();
+    ensure_browser_tools();
     let url = mqtt_url().await;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("sse-hub-test/{run}/logsink");

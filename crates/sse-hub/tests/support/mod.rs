@@ -173,3 +173,28 @@ pub async fn mqtt_publish(url: &str, topic: &str, payload: &[u8]) {
     .await;
     let _ = client.disconnect().await;
 }
+
+/// Debian's chromium, driven by the scripts in `browser-test/`.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// The browser scripts' directory (`browser-test/`, playwright-core).
+pub fn browser_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("browser-test")
+}
+
+/// Fails unless node and chromium are there; installs the npm packages
+/// (`npm ci`) when missing.
+pub fn ensure_browser_tools() {
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(node.is_ok_and(|o| o.status.success()), "node is required (apt-get install -y nodejs npm)");
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is required (apt-get install -y chromium)");
+    let dir = browser_dir();
+    if !dir.join("node_modules/playwright-core/package.json").exists() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run npm ci in {}: {e}", dir.display()));
+        assert!(status.success(), "npm ci failed in {}", dir.display());
+    }
+}
