@@ -27,9 +27,11 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Read size for streams: a few events per read under fan-out, little memory idle.
 const STREAM_READ: usize = 4096;
 
-/// A parsed `http://` URL: where to connect and what to ask for.
+/// A parsed `http://` (or `https://`, for `h2`) URL: where to connect and what to ask for.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
+    /// `https://`: only the h2 client (`h2`) serves it.
+    pub https: bool,
     /// The socket address from the URL's authority.
     pub addr: SocketAddr,
     /// The authority as written (sent as `Host`).
@@ -39,9 +41,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `http://HOST:PORT/path?query`; HOST is an IP literal or `localhost`.
+    /// Parses `http(s)://HOST:PORT/path?query`; HOST is an IP literal or `localhost`.
     pub fn parse(url: &str) -> anyhow::Result<Endpoint> {
-        let Some(rest) = url.strip_prefix("http://") else { bail!("{url}: only http:// URLs are supported") };
+        let (https, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => bail!("{url}: only http:// and https:// URLs are supported"),
+        };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_owned()),
             Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
@@ -56,7 +62,7 @@ impl Endpoint {
                 .parse()
                 .with_context(|| format!("{url}: the host must be an IP address with a port, e.g. 127.0.0.1:3000"))?,
         };
-        Ok(Endpoint { addr, host: authority.to_owned(), path })
+        Ok(Endpoint { https, addr, host: authority.to_owned(), path })
     }
 
     /// The same endpoint with another path (e.g. `/tokens` on a base URL).
@@ -291,6 +297,9 @@ pub struct SseStream {
 impl SseStream {
     /// Connects, sends `GET path`, and reads the head; anything but 200 is an error.
     pub async fn open(dialer: &Dialer, endpoint: &Endpoint, path: &str) -> anyhow::Result<SseStream> {
+        if endpoint.https {
+            bail!("https:// streams need HTTP/2 (--h2-connections)");
+        }
         let mut tcp = dialer.connect(endpoint.addr).await.context("connect")?;
         enable_receive_timestamps(&tcp).context("SO_TIMESTAMPNS")?;
         let req = request_bytes("GET", &endpoint.host, path, "Accept: text/event-stream\r\n", b"");
@@ -417,7 +426,9 @@ mod tests {
         assert_eq!(e.path_for(7), "/stream?request_id=bench-7");
         assert_eq!(Endpoint::parse("http://localhost:80").expect("valid").path, "/");
         assert_eq!(Endpoint::parse("http://127.0.0.1:80?x=1").expect("valid").path, "/?x=1");
-        assert!(Endpoint::parse("https://127.0.0.1:1/").is_err());
+        assert!(Endpoint::parse("https://127.0.0.1:1/").expect("valid").https);
+        assert!(!e.https);
+        assert!(Endpoint::parse("ftp://127.0.0.1:1/").is_err());
         assert!(Endpoint::parse("http://example.com:80/").is_err());
     }
 

@@ -28,12 +28,14 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, Better)] {
     use Better::{Higher, Lower, Neither};
     match scenario {
         "hold" => &[
+            ("h2 connections (- : HTTP/1.1)", "/h2_connections", Neither),
             ("streams open", "/streams_opened", Higher),
             ("server RSS per stream (bytes)", "/rss_per_stream_bytes", Lower),
             ("server RSS baseline (KiB)", "/rss_baseline_kb", Lower),
             ("opens/s", "/opens_per_sec", Higher),
         ],
         "fanout" => &[
+            ("h2 connections (- : HTTP/1.1)", "/h2_connections", Neither),
             ("streams open", "/streams_opened", Higher),
             ("publishes/s achieved", "/publish_rate_achieved", Higher),
             ("deliveries/s", "/deliveries_per_sec", Higher),

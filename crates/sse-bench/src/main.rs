@@ -11,7 +11,8 @@
 //! (the `{seq,ts}` payload), `target` (ours vs Nchan), `stats`
 //! (percentiles), `proc` (server RSS and CPU), `report` (progress and
 //! output), one module per scenario (`admin` and `roster` measure the control
-//! plane), and `compare` (the results table).
+//! plane), `h2` (HTTP/2 over TLS streams and the `cert` command), and
+//! `compare` (the results table).
 
 mod admin;
 mod backend;
@@ -20,6 +21,7 @@ mod client;
 mod compare;
 mod fanout;
 mod fleet;
+mod h2;
 mod hold;
 mod payload;
 mod proc;
@@ -66,6 +68,8 @@ enum Command {
     Churn(churn::ChurnArgs),
     /// Print the ours-vs-Nchan table of a results directory.
     Compare(compare::CompareArgs),
+    /// Write a self-signed certificate (cert.pem, key.pem) for a gateway under test with TLS.
+    Cert(h2::CertArgs),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(args) => emit(&admin::run(args, dialer).await?, cli.json),
         Command::Roster(args) => emit(&roster::run(args, dialer).await?, cli.json),
         Command::Churn(args) => emit(&churn::run(args, dialer).await?, cli.json),
+        Command::Cert(args) => h2::write_cert(&args),
         Command::Compare(args) => {
             print!("{}", compare::table(&args.dir)?);
             Ok(())
