@@ -31,6 +31,7 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, Better)] {
             ("h2 connections (- : HTTP/1.1)", "/h2_connections", Neither),
             ("streams open", "/streams_opened", Higher),
             ("server RSS per stream (bytes)", "/rss_per_stream_bytes", Lower),
+            ("server RSS per idle h2 connection (bytes)", "/rss_per_h2_connection_bytes", Lower),
             ("server RSS baseline (KiB)", "/rss_baseline_kb", Lower),
             ("opens/s", "/opens_per_sec", Higher),
         ],

@@ -61,6 +61,8 @@ pub struct HoldReport {
     pub rss_held_kb: Option<u64>,
     /// (held − baseline) / opened streams.
     pub rss_per_stream_bytes: Option<f64>,
+    /// h2: RSS the idle TLS + h2 connections added before any stream, per connection.
+    pub rss_per_h2_connection_bytes: Option<f64>,
     pub errors: BTreeMap<String, u64>,
 }
 
@@ -92,6 +94,9 @@ impl Report for HoldReport {
         } else {
             s.push_str("server RSS: not measured (no --server-pid)");
         }
+        if let Some(per) = self.rss_per_h2_connection_bytes {
+            s.push_str(&format!("\nserver RSS per idle h2 connection (before its streams): {per:.0} bytes"));
+        }
         for (e, n) in &self.errors {
             s.push_str(&format!("\n  {n} × {e}"));
         }
@@ -103,9 +108,20 @@ impl Report for HoldReport {
 pub async fn run(args: HoldArgs, dialer: Arc<Dialer>) -> anyhow::Result<HoldReport> {
     let probe = ProcessProbe::new(args.server_pids.clone());
     let endpoint = Endpoint::parse(&args.url)?;
+    let before_connections = probe.rss_kb()?;
     let h2 = args.h2.pool(&dialer, &endpoint).await?;
+    if h2.is_some() {
+        // Let the handshakes' transient buffers go before the reading.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     // After the h2 connections are up: the figure is per stream, not per connection.
     let baseline = probe.rss_kb()?;
+    let per_connection = match (&h2, before_connections, baseline) {
+        (Some(pool), Some(before), Some(after)) => {
+            Some((after as f64 - before as f64) * 1024.0 / pool.connections() as f64)
+        }
+        _ => None,
+    };
     let h2_connections = h2.as_ref().map(|p| p.connections());
     let spec = FleetSpec {
         endpoints: vec![endpoint],
@@ -153,6 +169,7 @@ pub async fn run(args: HoldArgs, dialer: Arc<Dialer>) -> anyhow::Result<HoldRepo
         rss_baseline_kb: baseline,
         rss_held_kb: held,
         rss_per_stream_bytes: per_stream,
+        rss_per_h2_connection_bytes: per_connection,
         errors: result.errors,
     })
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -344,9 +344,24 @@ async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, Api
     Ok(body.to_bytes())
 }
 
+/// Frames taken from a stream's queue at once.
+const BATCH_FRAMES: usize = 64;
+
+/// Largest body chunk made by joining queued frames: one HTTP/2 DATA frame
+/// at the protocol's default frame size.
+const JOINED_CHUNK: usize = 16 * 1024;
+
 /// The response body of a stream served through hyper.
+///
+/// Frames that queued up while the connection was busy go out joined into
+/// one chunk (one HTTP/2 DATA frame, one HTTP/1.1 chunk) of at most
+/// [`JOINED_CHUNK`] bytes: a copy, but one frame and one TLS record instead
+/// of one per event, and an HTTP/2 client counts (and may refuse, as the
+/// `h2` crate does) many small DATA frames piling up unread. A lone frame
+/// goes out as it is, shared with every other stream.
 pub(crate) struct SseBody {
     handle: StreamHandle,
+    /// Frames taken but not yet sent, in reverse order (empty, unallocated, when idle).
     batch: Vec<Bytes>,
 }
 
@@ -364,14 +379,41 @@ impl http_body::Body for SseBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         if this.batch.is_empty() {
-            match this.handle.queue().take_batch(&mut this.batch, 64, cx.waker()) {
+            match this.handle.queue().take_batch(&mut this.batch, BATCH_FRAMES, cx.waker()) {
                 Batch::Frames => this.batch.reverse(),
                 Batch::Empty => return Poll::Pending,
                 Batch::End(_) | Batch::Abandon => return Poll::Ready(None),
             }
         }
-        Poll::Ready(this.batch.pop().map(|b| Ok(Frame::data(b))))
+        let chunk = join_next(&mut this.batch);
+        if this.batch.is_empty() {
+            // An idle stream keeps no batch allocation.
+            this.batch = Vec::new();
+        }
+        Poll::Ready(chunk.map(|b| Ok(Frame::data(b))))
     }
+}
+
+/// Pops the next frame off `reversed`, joined with the ones after it while
+/// the total stays within [`JOINED_CHUNK`].
+fn join_next(reversed: &mut Vec<Bytes>) -> Option<Bytes> {
+    let first = reversed.pop()?;
+    let mut len = first.len();
+    let joined = reversed.iter().rev().take_while(|b| {
+        len += b.len();
+        len <= JOINED_CHUNK
+    });
+    let n = joined.count();
+    if n == 0 {
+        return Some(first);
+    }
+    let rest = reversed.split_off(reversed.len() - n);
+    let mut out = BytesMut::with_capacity(first.len() + rest.iter().map(Bytes::len).sum::<usize>());
+    out.extend_from_slice(&first);
+    for b in rest.iter().rev() {
+        out.extend_from_slice(b);
+    }
+    Some(out.freeze())
 }
 
 /// Every response body the hyper-served surface produces.
@@ -460,5 +502,24 @@ impl AsyncWrite for Rewind {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_frames_are_joined_up_to_one_chunk_in_order() {
+        let frame = |c: u8, n: usize| Bytes::from(vec![c; n]);
+        let mut reversed = vec![frame(b'd', 12_000), frame(b'c', 6_000), frame(b'b', 100), frame(b'a', 100)];
+        let first = join_next(&mut reversed).unwrap();
+        assert_eq!(first.len(), 6_200, "a, b and c fit in one chunk; d does not");
+        assert_eq!((&first[..100], &first[100..200], first[200]), (&[b'a'; 100][..], &[b'b'; 100][..], b'c'));
+        assert_eq!(join_next(&mut reversed).unwrap(), frame(b'd', 12_000), "a lone frame goes out as it is");
+        assert!(join_next(&mut reversed).is_none());
+        let mut big = vec![frame(b'y', 10), frame(b'x', 40_000)];
+        assert_eq!(join_next(&mut big).unwrap().len(), 40_000, "a frame larger than a chunk is not split");
+        assert_eq!(join_next(&mut big).unwrap().len(), 10);
     }
 }
