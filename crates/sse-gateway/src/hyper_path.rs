@@ -28,11 +28,12 @@ use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::api;
@@ -79,16 +80,33 @@ pub(crate) enum Protocol {
     Http2,
 }
 
+/// Spawns the tasks hyper makes (one per HTTP/2 stream) on a tracker, so
+/// the drain waits for every stream task, not only for its connection
+/// (after the shutdown cut a stream task can outlive its connection briefly).
+#[derive(Clone)]
+pub(crate) struct Tracked(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for Tracked
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
 /// hyper's connection builders, one per protocol, configured once per gateway.
 pub(crate) struct Protocols {
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<Tracked>,
+    http2: auto::Builder<Tracked>,
 }
 
 impl Protocols {
-    pub(crate) fn new(max_header_bytes: usize) -> Self {
+    /// Builders whose HTTP/2 stream tasks are spawned on `tasks`.
+    pub(crate) fn new(max_header_bytes: usize, tasks: &TaskTracker) -> Self {
         let builder = || {
-            let mut b = auto::Builder::new(TokioExecutor::new());
+            let mut b = auto::Builder::new(Tracked(tasks.clone()));
             b.http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)

@@ -26,7 +26,7 @@ pub(crate) struct Shared {
     pub(crate) router: Arc<Router>,
     pub(crate) hook: Option<Arc<dyn ConnectHook>>,
     pub(crate) metrics: Arc<Metrics>,
-    /// Connect tasks and disconnect callbacks; shutdown waits for them.
+    /// Connect tasks, disconnect callbacks and HTTP/2 stream tasks; shutdown waits for them.
     pub(crate) tracker: TaskTracker,
     /// Fired to start a graceful shutdown.
     pub(crate) shutdown: CancellationToken,
@@ -55,13 +55,14 @@ impl Shared {
         let callbacks = Arc::new(Pacing::new(config.max_concurrent_callbacks, config.max_queued_connects));
         let disconnects =
             Disconnects::new(config.disconnect_retry, Arc::clone(&metrics), shutdown.clone(), Arc::clone(&callbacks));
+        let tracker = TaskTracker::new();
         Self {
-            protocols: Protocols::new(config.max_header_bytes),
+            protocols: Protocols::new(config.max_header_bytes, &tracker),
             config,
             router,
             hook,
             metrics,
-            tracker: TaskTracker::new(),
+            tracker,
             shutdown,
             cut: CancellationToken::new(),
             amqp,
