@@ -12,7 +12,7 @@
 //! hyper spawns; they share the connection's abort token, so a slow consumer
 //! cut or a stall ends every stream of that connection (a client that does
 //! not read its socket stalls all of them anyway). The HTTP/2 settings keep
-//! an idle stream small: see [`H2_MAX_SEND_BUF`] and its neighbours.
+//! an idle stream small (`protocols`).
 
 use std::convert::Infallible;
 use std::io;
@@ -28,12 +28,10 @@ use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::api;
@@ -42,6 +40,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::events::{Endpoint, Event};
 use crate::headers;
 use crate::hook::ClientRequest;
+use crate::protocols::Protocol;
 use crate::queue::{Batch, StreamHandle};
 use crate::routes::{self, Listener, Route};
 use crate::shared::Shared;
@@ -50,79 +49,6 @@ type Resp = Response<ResponseBody>;
 
 /// Oversized bodies up to this size are read and discarded before the 413.
 const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
-
-/// How long a client may take to send a request head on a kept-alive connection.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// HTTP/2: bytes of one stream's data that hyper may hold before it stops
-/// taking frames from the stream's queue (hyper's default is 400 KiB). The
-/// frames are shared buffers, so this bounds how far a stream runs ahead of
-/// its socket, not a copy per stream; the queue bound and the stall sweep
-/// act on what waits behind it.
-pub(crate) const H2_MAX_SEND_BUF: usize = 64 * 1024;
-
-/// HTTP/2: streams one connection may have open at once (a browser puts all
-/// its tabs' streams to one origin on one connection). `MAX_CONNECTIONS`
-/// still bounds the streams of the whole gateway.
-pub(crate) const H2_MAX_CONCURRENT_STREAMS: u32 = 1000;
-
-/// HTTP/2: how much a client may send before we read it, per stream and per
-/// connection. Streams send nothing; request bodies are read at once, so the
-/// protocol's 64 KiB default per stream is enough, and the connection window
-/// lets several bodies arrive side by side.
-const H2_STREAM_WINDOW: u32 = 64 * 1024;
-const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
-
-/// The protocol a connection speaks (for TLS, what ALPN chose).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Protocol {
-    Http1,
-    Http2,
-}
-
-/// Spawns the tasks hyper makes (one per HTTP/2 stream) on a tracker, so
-/// the drain waits for every stream task, not only for its connection
-/// (after the shutdown cut a stream task can outlive its connection briefly).
-#[derive(Clone)]
-pub(crate) struct Tracked(TaskTracker);
-
-impl<F> hyper::rt::Executor<F> for Tracked
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        self.0.spawn(fut);
-    }
-}
-
-/// hyper's connection builders, one per protocol, configured once per gateway.
-pub(crate) struct Protocols {
-    http1: auto::Builder<Tracked>,
-    http2: auto::Builder<Tracked>,
-}
-
-impl Protocols {
-    /// Builders whose HTTP/2 stream tasks are spawned on `tasks`.
-    pub(crate) fn new(max_header_bytes: usize, tasks: &TaskTracker) -> Self {
-        let builder = || {
-            let mut b = auto::Builder::new(Tracked(tasks.clone()));
-            b.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(max_header_bytes.max(8192));
-            b.http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
-                .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-                .max_send_buf_size(H2_MAX_SEND_BUF)
-                .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_CONNECTION_WINDOW);
-            b
-        };
-        Self { http1: builder().http1_only(), http2: builder().http2_only() }
-    }
-}
 
 /// Serves a connection with hyper until it ends. `fd` is its TCP socket's,
 /// for the reset when the connection is cut.
@@ -152,11 +78,7 @@ pub(crate) async fn serve<I>(
         // freed then instead of sizing the task for the stream's whole life.
         Box::pin(async move { Ok::<_, Infallible>(handle(shared, abort, listener, req).await) })
     });
-    let builder = match protocol {
-        Protocol::Http1 => &shared.protocols.http1,
-        Protocol::Http2 => &shared.protocols.http2,
-    };
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let conn = shared.protocols.builder(protocol).serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     let mut draining = false;
     loop {

@@ -42,6 +42,7 @@ mod hyper_path;
 mod keys;
 mod metrics;
 mod pacing;
+mod protocols;
 mod queue;
 mod raw_stream;
 mod retry;

@@ -15,9 +15,9 @@ use crate::config::Config;
 use crate::disconnect::Disconnects;
 use crate::expiry::Expiries;
 use crate::hook::ConnectHook;
-use crate::hyper_path::Protocols;
 use crate::metrics::Metrics;
 use crate::pacing::Pacing;
+use crate::protocols::Protocols;
 use crate::router::Router;
 
 /// State shared by every connection of one gateway.
