@@ -331,3 +331,17 @@ async fn a_broker_restart_loses_no_confirmed_event_and_publishers_are_told_while
     let want: Vec<String> = (0..200).map(|i| payload("n", &i.to_string())).collect();
     assert_eq!(got, want, "every confirmed event, once, in order");
 }
+
+#[tokio::test]
+async fn an_admin_close_by_key_reaches_the_other_instance_through_the_history_stream() {
+    let url = amqp_url();
+    let p = Prefix::new();
+    let backend = Backend::start().await;
+    let gw1 = gateway(&backend, &url, &p, "gw1", "60").await;
+    let gw2 = gateway(&backend, &url, &p, "gw2", "60").await;
+    let (mut client, _, _, _) = open(&gw2, &backend, "/s?request_id=r1", None).await;
+    let r = send_json(gw1.internal_addr(), "/internal/close", &json!({"key": "connection.r1", "retry_ms": 1000})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["matched"], 1);
+    assert!(client.read_to_end().await.iter().any(|f| matches!(f, Frame::Retry(1000))));
+}
