@@ -40,6 +40,16 @@ async fn resume(
     }
 }
 
+/// The epoch part of this gateway's cursors (from a fresh stream's `ready`).
+async fn ready_epoch(gw: &sse_testkit::Process, backend: &Backend) -> String {
+    let mut c = SseClient::open(gw.addr, "/s?request_id=probe", &[]).await;
+    backend.expect("connect").await;
+    let id = c.next_event().await.last_event_id;
+    c.close().await;
+    backend.expect("disconnect").await;
+    id.split_once('-').expect("a cursor").0.to_owned()
+}
+
 fn datas(events: &[ParsedEvent]) -> Vec<String> {
     events.iter().map(|e| e.data.clone()).collect()
 }
@@ -118,7 +128,8 @@ async fn an_unknown_or_malformed_id_gets_a_gap_before_ready_then_live_events() {
     let backend = Backend::start().await;
     let gw = gateway(&backend, &[DEFAULT_BINDINGS, HISTORY]).await;
     publish(&gw, json!({"key": "broadcast", "event": event("before", "0")})).await;
-    for bad in ["garbage", "ffff-1", "1-"] {
+    let ahead = format!("{}-999999", ready_epoch(&gw, &backend).await);
+    for bad in ["garbage", "ffff-1", "1-", ahead.as_str()] {
         let (mut client, _, before, _) = resume(&gw, &backend, "r1", bad).await;
         assert_eq!(before.len(), 1, "{before:?}");
         assert_eq!(before[0].event_type, "gap");
@@ -130,7 +141,7 @@ async fn an_unknown_or_malformed_id_gets_a_gap_before_ready_then_live_events() {
         client.close().await;
         backend.expect("disconnect").await;
     }
-    wait_for_metric(&gw, "sse_gateway_history_gaps_total{cause=\"unknown\"} ", 3.0).await;
+    wait_for_metric(&gw, "sse_gateway_history_gaps_total{cause=\"unknown\"} ", 4.0).await;
 }
 
 #[tokio::test]
