@@ -413,21 +413,25 @@ class ConnectionManager:
             targets = infos
         else:
             targets = [i for i in infos if i.subject is not None and i.subject in (subject, LOCAL_USER)]
-        if not targets:
-            return False
+        # With nobody connected, a publishing gateway still gets the event: one
+        # keeping history records it, so a client that was away (a network
+        # blip, a rolling restart) gets it replayed instead of missing it.
+        nobody = not targets
         if self._publish:
             if subject is None:
                 keys = ["broadcast"]
             else:
-                # Only keys some live connection is bound to.
+                # Only keys some live connection is bound to (with nobody, both).
                 keys = []
-                if any(i.subject == subject for i in infos):
+                if nobody or any(i.subject == subject for i in infos):
                     keys.append(f"subject.{subject}")
-                if subject != LOCAL_USER and any(i.subject == LOCAL_USER for i in infos):
+                if subject != LOCAL_USER and (nobody or any(i.subject == LOCAL_USER for i in infos)):
                     keys.append(f"subject.{LOCAL_USER}")
             delivered = self._publish_keys(keys, name, data)
             if delivered is not None:
                 return delivered
+        if nobody:
+            return False
         return self._fan_out([i.token for i in targets], name, data)
 
     def _publish_keys(self, keys: List[str], name: Optional[str], data: Any) -> Optional[bool]:
