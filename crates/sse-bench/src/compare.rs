@@ -121,6 +121,7 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, Better)] {
             ("stalled closed by the server", "/stalled_closed", Neither),
             ("seconds until every stalled one was closed", "/stalled_all_closed_secs", Lower),
             ("publishes/s achieved", "/publish_rate_achieved", Higher),
+            ("publishes not sent in the duration", "/publishes_not_sent", Lower),
             ("healthy latency p50 (ms)", "/latency/p50_ms", Lower),
             ("healthy latency p99 (ms)", "/latency/p99_ms", Lower),
             ("healthy latency max (ms)", "/latency/max_ms", Lower),

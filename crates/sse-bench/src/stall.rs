@@ -15,6 +15,13 @@
 //! A stalled client whose connection the server closed is dropped at the next
 //! sample: a real client's unread bytes sit in its own machine's memory, not
 //! the server's, and the load generator should not stand in for them.
+//!
+//! Publishing stops at the end of `--duration-secs` even if the server
+//! answered too slowly to take every broadcast by then (Nchan answers a
+//! publish only after writing it to every subscriber), and early if the
+//! server's RSS passes `--max-server-rss-mb` (a server that keeps a copy of
+//! every event for every stalled subscriber would otherwise take the
+//! machine's memory); both are in the report.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
@@ -79,6 +86,9 @@ pub struct StallArgs {
     /// Streams being opened at once.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
+    /// Stop publishing once the server's RSS passes this many MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub max_server_rss_mb: u64,
 }
 
 /// One reading, every second from the first publish.
@@ -131,6 +141,10 @@ pub struct StallReport {
     pub event_data_bytes: usize,
     pub publishes_ok: u64,
     pub publishes_failed: u64,
+    /// Broadcasts never sent: the duration was over, or publishing stopped.
+    pub publishes_not_sent: u64,
+    /// Why publishing stopped early (the server's RSS), if it did.
+    pub stopped_early: Option<String>,
     pub publish_rate_achieved: f64,
     pub deliveries_expected: u64,
     pub deliveries_received: u64,
@@ -165,7 +179,7 @@ impl Report for StallReport {
         let mut s = format!(
             "stall ({:?}): {} healthy open ({} failed, {} lost), {} stalled answered, {} closed by the server \
              (all by {} s)\n\
-             publishes: {} ok, {} failed, {:.1}/s (asked {}/s), {} bytes of data each; deliveries {} of {} \
+             publishes: {} ok, {} failed, {} not sent{}, {:.1}/s (asked {}/s), {} bytes of data each; deliveries {} of {} \
              (missing {}, out of order {})\n\
              healthy latency: {}\nhealthy arrival: {}\n\
              server RSS KiB: {} before the stalled, {} before publishing, {} peak, {} at the end\n\
@@ -179,6 +193,8 @@ impl Report for StallReport {
             self.stalled_all_closed_secs.map_or("-".to_owned(), |t| format!("{t:.0}")),
             self.publishes_ok,
             self.publishes_failed,
+            self.publishes_not_sent,
+            self.stopped_early.as_ref().map_or(String::new(), |w| format!(" (stopped: {w})")),
             self.publish_rate_achieved,
             self.rate_requested,
             self.event_data_bytes,
@@ -246,7 +262,10 @@ pub async fn run(args: StallArgs, dialer: Arc<Dialer>) -> anyhow::Result<StallRe
 
     let started = Instant::now();
     let stop = CancellationToken::new();
+    let too_big = CancellationToken::new();
     let sampler = tokio::spawn(sample(Sampler {
+        max_rss_kb: args.max_server_rss_mb * 1024,
+        too_big: too_big.clone(),
         stalled,
         probe: probe.clone(),
         port: endpoint.addr.port(),
@@ -271,9 +290,13 @@ pub async fn run(args: StallArgs, dialer: Arc<Dialer>) -> anyhow::Result<StallRe
                 c.ended()
             )
         });
+        let end = started + Duration::from_secs(args.duration_secs);
         for seq in 0..count as u64 {
             let due = started + Duration::from_secs_f64(seq as f64 / args.rate);
             tokio::time::sleep_until(due.into()).await;
+            if Instant::now() >= end || too_big.is_cancelled() {
+                break;
+            }
             let data = payload::encode_padded(seq, payload::now_micros(), args.pad_bytes);
             event_data_bytes = data.len();
             let answer = publisher.request_default(&dialer, "POST", &args.target.publish_body(&data)).await;
@@ -327,6 +350,10 @@ pub async fn run(args: StallArgs, dialer: Arc<Dialer>) -> anyhow::Result<StallRe
         event_data_bytes,
         publishes_ok,
         publishes_failed: sent.load(Ordering::Relaxed) - publishes_ok,
+        publishes_not_sent: count as u64 - sent.load(Ordering::Relaxed),
+        stopped_early: too_big
+            .is_cancelled()
+            .then(|| format!("the server's RSS passed {} MiB", args.max_server_rss_mb)),
         publish_rate_achieved: sent.load(Ordering::Relaxed) as f64 / publish_secs.max(1e-9),
         deliveries_expected: expected,
         deliveries_received: received,
@@ -413,6 +440,8 @@ fn tcp_state(tcp: &TcpStream) -> Option<u8> {
 }
 
 struct Sampler {
+    max_rss_kb: u64,
+    too_big: CancellationToken,
     stalled: Vec<TcpStream>,
     probe: ProcessProbe,
     port: u16,
@@ -449,9 +478,13 @@ async fn sample(mut s: Sampler) -> anyhow::Result<Vec<StallSample>> {
             stalled_metric = Some(metric(&text, "sse_gateway_queue_overflows_total{reason=\"stalled\"}"));
             overflow_metric = Some(metric(&text, "sse_gateway_queue_overflows_total{reason=\"slow_consumer\"}"));
         }
+        let server_rss_kb = s.probe.rss_kb()?;
+        if server_rss_kb.is_some_and(|kb| kb > s.max_rss_kb) {
+            s.too_big.cancel();
+        }
         samples.push(StallSample {
             t_secs: s.started.elapsed().as_secs_f64(),
-            server_rss_kb: s.probe.rss_kb()?,
+            server_rss_kb,
             sockstat: sockstat()?,
             queues: port_queues(s.port)?,
             stalled_closed: closed,
@@ -470,8 +503,9 @@ fn metric(text: &str, prefix: &str) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(prefix).and_then(|v| v.trim().parse::<f64>().ok())).map_or(0, |v| v as u64)
 }
 
-/// Healthy latency per [`WINDOW_SECS`] of the publish sequence: with nothing
-/// missing or out of order, a stream's k-th sample is event k.
+/// Healthy latency per [`WINDOW_SECS`] of the publish sequence (windows
+/// with no event left out): with nothing missing or out of order, a
+/// stream's k-th sample is event k.
 fn windows(result: &FleetResult, rate: f64, duration: f64) -> Vec<LatencyWindow> {
     let per_window = ((WINDOW_SECS * rate).round() as usize).max(1);
     let n = (duration / WINDOW_SECS).ceil().max(1.0) as usize;
@@ -484,6 +518,7 @@ fn windows(result: &FleetResult, rate: f64, duration: f64) -> Vec<LatencyWindow>
     buckets
         .into_iter()
         .enumerate()
+        .filter(|(_, b)| !b.is_empty())
         .map(|(i, mut b)| LatencyWindow {
             from_secs: i as f64 * WINDOW_SECS,
             to_secs: ((i + 1) as f64 * WINDOW_SECS).min(duration),
