@@ -79,8 +79,8 @@ pub mod settings {
         INTERNAL_PORT = "INTERNAL_PORT", "internal-port", None, "Port of the internal listener on 127.0.0.1 (/internal/*, /metrics)";
         INTERNAL_LISTEN = "INTERNAL_LISTEN", "internal-listen", None, "Internal listener address ip:port, overrides INTERNAL_PORT; port 0 picks a free port";
         INTERNAL_API_SECRET = "INTERNAL_API_SECRET", "internal-api-secret", None, "Bearer secret that unlocks /internal/publish and /metrics on the public port";
-        STREAM_SNDBUF_BYTES = "STREAM_SNDBUF_BYTES", "stream-sndbuf-bytes", Some("131072"), "Kernel send buffer of each stream socket (the kernel doubles it), so a client that stops reading holds little kernel memory; 0 = the kernel's default";
-        STREAM_STALL_SECONDS = "STREAM_STALL_SECONDS", "stream-stall-seconds", Some("30"), "Close a stream (reason error) whose socket has taken no byte for this long while data waits; 0 = never";
+        STREAM_SNDBUF_BYTES = "STREAM_SNDBUF_BYTES", "stream-sndbuf-bytes", Some("32768"), "Kernel send buffer of each stream socket (the kernel doubles it), so a client that stops reading holds little kernel memory; 0 = the kernel's default";
+        STREAM_STALL_SECONDS = "STREAM_STALL_SECONDS", "stream-stall-seconds", Some("10"), "Close a stream (reason error) whose socket has taken no byte for this long while data waits; 0 = never";
         MAX_CONNECTIONS = "MAX_CONNECTIONS", "max-connections", Some("50000"), "Most streams at once; beyond it a new stream gets a retry hint and ends";
         MAX_HEADER_BYTES = "MAX_HEADER_BYTES", "max-header-bytes", Some("16384"), "Largest request head in bytes (larger: 431); at least 1024";
         RABBITMQ_URL = "RABBITMQ_URL", "rabbitmq-url", None, "AMQP URL; enables the RabbitMQ ingress (scale-out)";
@@ -366,7 +366,7 @@ impl Config {
                 .filter(|n| *n > 0)
                 .map(usize_of),
             stream_stall: Duration::from_secs(
-                r.number(s::STREAM_STALL_SECONDS, 0, "an integer number of seconds (0: never)")?.unwrap_or(30),
+                r.number(s::STREAM_STALL_SECONDS, 0, "an integer number of seconds (0: never)")?.unwrap_or(10),
             ),
             history: Duration::from_secs(
                 r.number(s::HISTORY_SECONDS, 0, "an integer number of seconds (0: off)")?.unwrap_or(0),
