@@ -96,6 +96,15 @@ pub trait Broadcaster: Send + Sync + 'static {
     fn publishes(&self) -> bool {
         false
     }
+
+    /// The gateway history's current position (`None`: history off, or a
+    /// gateway without it). Read it *before* taking a snapshot and hand it to
+    /// the client with the snapshot; a stream opened with
+    /// `?lastEventId=<position>` then gets every event after it: snapshot,
+    /// then live, with no gap.
+    fn history_position(&self) -> BoxFuture<'_, Result<Option<String>, BroadcastError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Settings of [`HttpBroadcaster`].
@@ -177,8 +186,12 @@ impl HttpBroadcaster {
     }
 
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, path)
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let url = format!("{}{}", self.config.gateway_url.trim_end_matches('/'), path);
-        let req = self.client.post(url);
+        let req = self.client.request(method, url);
         match &self.config.secret {
             Some(s) => req.bearer_auth(s),
             None => req,
@@ -266,5 +279,22 @@ impl Broadcaster for HttpBroadcaster {
 
     fn publishes(&self) -> bool {
         self.config.publish && !self.publish_unsupported.load(Ordering::Relaxed)
+    }
+
+    fn history_position(&self) -> BoxFuture<'_, Result<Option<String>, BroadcastError>> {
+        Box::pin(async move {
+            let resp = self.request(reqwest::Method::GET, "/internal/history").send().await.map_err(unreachable)?;
+            let status = resp.status().as_u16();
+            if status == 404 {
+                // A gateway without the endpoint (the Node one) has no history.
+                return Ok(None);
+            }
+            if status != 200 {
+                let body = resp.text().await.unwrap_or_default();
+                return Err(BroadcastError::Status { status, body });
+            }
+            let body: serde_json::Value = resp.json().await.map_err(unreachable)?;
+            Ok(body.get("id").and_then(serde_json::Value::as_str).map(str::to_owned))
+        })
     }
 }

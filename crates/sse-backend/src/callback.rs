@@ -288,7 +288,11 @@ impl CallbackHandler {
                 None
             }
         };
-        self.manager.on_connect(&request_id, token, url, identity.as_ref(), instance).await;
+        // EventSource sends Last-Event-ID when it reconnects (or the page passes lastEventId).
+        let resumed = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("last-event-id") && !v.is_empty())
+            || first_query_param(url.split_once('?').map_or("", |(_, q)| q), "lastEventId")
+                .is_some_and(|v| !v.is_empty());
+        self.manager.on_connect_resuming(&request_id, token, url, identity.as_ref(), instance, resumed).await;
         let info = self.manager.connection_info(&request_id).unwrap_or_else(|| ConnectionInfo {
             request_id: request_id.clone(),
             token: token.to_owned(),
@@ -296,13 +300,28 @@ impl CallbackHandler {
             subject: identity.as_ref().map(|i| i.subject.clone()),
             role: identity.as_ref().and_then(|i| i.role.clone()),
             instance: instance.map(str::to_owned),
+            resumed,
         });
         let bindings = ConnectionManager::bindings(&info);
         Ok(ConnectAnswer { info, bindings, expires_at: identity.and_then(|i| i.expires_at) })
     }
 
-    /// Handles a disconnect.
-    pub async fn disconnect(&self, token: &str) {
+    /// Handles a disconnect with the gateway's `reason`. A stream the gateway
+    /// ended with `error` (its client did not keep up: the stream's queue
+    /// overflowed or its socket stalled; or a write failed) is logged at warn
+    /// with its token, `request_id` and URL, so a dropped slow page is never
+    /// silent.
+    pub async fn disconnect(&self, token: &str, reason: &str) {
+        if reason == "error" {
+            let info = self.manager.connection_by_token(token);
+            tracing::warn!(
+                token,
+                request_id = info.as_ref().map_or("", |c| c.request_id.as_str()),
+                url = info.as_ref().map_or("", |c| c.url.as_str()),
+                "the gateway closed a stream with error: its client did not keep up (queue overflow or \
+                 stalled socket) or a write failed"
+            );
+        }
         self.manager.on_disconnect(token).await;
     }
 
@@ -350,7 +369,8 @@ impl CallbackHandler {
             }
             Some(Value::String(a)) if a == "disconnect" => {
                 let p = validate(&value, "disconnect")?;
-                self.disconnect(&p.token).await;
+                let reason = value.get("reason").and_then(Value::as_str).unwrap_or_default();
+                self.disconnect(&p.token, reason).await;
                 Ok(json!({}))
             }
             Some(Value::String(a)) if a == "roster" => {

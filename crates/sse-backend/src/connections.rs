@@ -52,6 +52,11 @@ pub struct ConnectionInfo {
     /// The gateway instance holding the stream, from the connect callback
     /// (`None`: a gateway without rosters; never roster-managed).
     pub instance: Option<String>,
+    /// The client resumes a stream it had (it sent `Last-Event-ID`): with
+    /// the gateway's history on, it gets what it missed replayed (or a
+    /// `gap`, after which it refetches), so connect observers should not
+    /// repeat what they sent it before.
+    pub resumed: bool,
 }
 
 /// Why a connection left the table other than by replacement.
@@ -227,6 +232,21 @@ impl ConnectionManager {
         identity: Option<&Identity>,
         instance: Option<&str>,
     ) {
+        self.on_connect_resuming(request_id, token, url, identity, instance, false).await;
+    }
+
+    /// [`ConnectionManager::on_connect`] for a stream that may resume
+    /// (`resumed`: the client sent `Last-Event-ID`; see
+    /// [`ConnectionInfo::resumed`]).
+    pub async fn on_connect_resuming(
+        &self,
+        request_id: &str,
+        token: &str,
+        url: &str,
+        identity: Option<&Identity>,
+        instance: Option<&str>,
+        resumed: bool,
+    ) {
         let info = ConnectionInfo {
             request_id: request_id.to_owned(),
             token: token.to_owned(),
@@ -234,6 +254,7 @@ impl ConnectionManager {
             subject: identity.map(|i| i.subject.clone()),
             role: identity.and_then(|i| i.role.clone()),
             instance: instance.map(str::to_owned),
+            resumed,
         };
         let (replaced, live) = {
             let mut st = self.state();
@@ -451,6 +472,12 @@ impl ConnectionManager {
         bound
     }
 
+    /// The live connection whose stream is `token`, if any.
+    pub fn connection_by_token(&self, token: &str) -> Option<ConnectionInfo> {
+        let st = self.state();
+        st.by_token.get(token).and_then(|rid| st.by_request.get(rid)).filter(|c| c.token == token).cloned()
+    }
+
     /// Sends to one `request_id`. False when it is not connected (no gateway
     /// call), when the gateway no longer knows the stream (the connection is
     /// then ended like a disconnect), or on any send error.
@@ -481,6 +508,12 @@ impl ConnectionManager {
     /// Sends to every connection (`subject: None`) or to the connections bound
     /// to `subject` plus every [`LOCAL_USER`] connection (unbound connections
     /// are left out). False when nothing matched or nothing was delivered.
+    ///
+    /// With no connection at all, a broadcaster that publishes still gets
+    /// the event (for `broadcast`, or `subject.<subject>` and
+    /// `subject.local-user`): a gateway keeping history records it, so a
+    /// client that was away (a network blip, a rolling restart) gets it
+    /// replayed when it resumes rather than silently missing it.
     pub async fn broadcast(&self, event: &Event, subject: Option<&str>, service: &str) -> bool {
         let (tokens, has_subject, has_local_user) = {
             let st = self.state();
@@ -496,20 +529,19 @@ impl ConnectionManager {
             let bound_to = |x: &str| st.by_request.values().any(|c| c.subject.as_deref() == Some(x));
             (tokens, subject.is_some_and(bound_to), bound_to(LOCAL_USER))
         };
-        if tokens.is_empty() {
-            return false;
-        }
+        let nobody = tokens.is_empty();
         if self.inner.broadcaster.publishes() {
             let mut keys = Vec::with_capacity(2);
             match subject {
                 None => keys.push("broadcast".to_owned()),
                 // Only keys some live connection is bound to: with OIDC off
                 // (everyone `local-user`) or on (nobody is) this is one call.
+                // With nobody connected, both (for the history).
                 Some(s) => {
-                    if has_subject {
+                    if has_subject || nobody {
                         keys.push(format!("subject.{s}"));
                     }
-                    if has_local_user && s != LOCAL_USER {
+                    if (has_local_user || nobody) && s != LOCAL_USER {
                         keys.push(format!("subject.{LOCAL_USER}"));
                     }
                 }
@@ -517,6 +549,9 @@ impl ConnectionManager {
             if let Some(delivered) = self.publish_keys(&keys, event, service).await {
                 return delivered;
             }
+        }
+        if nobody {
+            return false;
         }
         self.fan_out(tokens, event, service).await
     }
@@ -641,6 +676,26 @@ mod tests {
         let (rec, cm) = Recorder::manager();
         assert!(!cm.broadcast(&ev(), None, "task").await);
         assert!(rec.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn with_no_connection_a_publishing_broadcaster_still_gets_broadcasts_for_the_history() {
+        let (rec, cm) = Recorder::manager();
+        rec.set_publishes(true);
+        // (What they return is what the gateway matched: the recorder says 1.)
+        cm.broadcast(&ev(), None, "dhcp").await;
+        cm.broadcast(&ev(), Some("alice"), "task").await;
+        cm.broadcast(&ev(), Some(LOCAL_USER), "task").await;
+        assert_eq!(
+            rec.calls(),
+            vec![
+                Call::Publish("broadcast".into()),
+                Call::Publish("subject.alice".into()),
+                Call::Publish("subject.local-user".into()),
+                Call::Publish("subject.local-user".into()),
+            ],
+            "published to the keys a resuming client may be bound to"
+        );
     }
 
     #[tokio::test]
@@ -980,6 +1035,7 @@ mod tests {
             subject: Some("alice".into()),
             role: Some("admin".into()),
             instance: None,
+            resumed: false,
         };
         assert_eq!(
             ConnectionManager::bindings(&info),

@@ -66,12 +66,12 @@ impl ConnectHook for InProcessHook {
     fn disconnect<'a>(
         &'a self,
         token: Uuid,
-        _reason: DisconnectReason,
+        reason: DisconnectReason,
         _request: &'a ClientRequest,
     ) -> HookFuture<'a, Result<(), Refusal>> {
         Box::pin(async move {
             let token = token.to_string();
-            match AssertUnwindSafe(self.handler.disconnect(&token)).catch_unwind().await {
+            match AssertUnwindSafe(self.handler.disconnect(&token, reason.as_str())).catch_unwind().await {
                 Ok(()) => Ok(()),
                 Err(_) => Err(Refusal::Status(500)),
             }
@@ -99,6 +99,8 @@ pub enum PortError {
     BufferFull,
     /// The stream's queue overflowed; it was closed.
     WriteFailed,
+    /// The gateway's broker is down (RabbitMQ mode with history).
+    BrokerUnavailable,
 }
 
 /// Direct delivery into a gateway router in this process.
@@ -107,6 +109,10 @@ pub trait GatewayPort: Send + Sync + 'static {
     fn send(&self, token: &str, event: Option<PortEvent<'_>>, close: bool) -> Result<SendStatus, PortError>;
     /// Publishes to a routing key; returns the number of streams matched.
     fn publish(&self, key: &str, event: Option<PortEvent<'_>>, close: bool) -> Result<usize, PortError>;
+    /// The history's position (`None`: history off).
+    fn history_position(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A [`Broadcaster`] over a [`GatewayPort`]: every call is a function call,
@@ -150,6 +156,10 @@ impl GatewayPort for sse_gateway::GatewayHandle {
         let event = event.map(|e| sse_gateway::OutEvent { name: e.name, data: e.data });
         sse_gateway::GatewayHandle::publish(self, key, event, close).map_err(port_error)
     }
+
+    fn history_position(&self) -> Option<String> {
+        sse_gateway::GatewayHandle::history_position(self)
+    }
 }
 
 fn port_error(e: sse_gateway::DeliveryError) -> PortError {
@@ -158,6 +168,7 @@ fn port_error(e: sse_gateway::DeliveryError) -> PortError {
         sse_gateway::DeliveryError::InvalidEvent(m) => PortError::InvalidEvent(m),
         sse_gateway::DeliveryError::BufferFull => PortError::BufferFull,
         sse_gateway::DeliveryError::WriteFailed => PortError::WriteFailed,
+        sse_gateway::DeliveryError::BrokerUnavailable => PortError::BrokerUnavailable,
     }
 }
 
@@ -171,6 +182,7 @@ fn map_err(e: PortError) -> BroadcastError {
         PortError::InvalidEvent(m) => BroadcastError::InvalidEvent(m),
         PortError::BufferFull => BroadcastError::BufferFull,
         PortError::WriteFailed => BroadcastError::WriteFailed,
+        PortError::BrokerUnavailable => BroadcastError::Status { status: 503, body: "broker unavailable".into() },
     }
 }
 
@@ -197,6 +209,11 @@ impl<P: GatewayPort> Broadcaster for InProcessBroadcaster<P> {
 
     fn publishes(&self) -> bool {
         true
+    }
+
+    fn history_position(&self) -> BoxFuture<'_, Result<Option<String>, BroadcastError>> {
+        let result = self.port().map(GatewayPort::history_position);
+        Box::pin(async move { result })
     }
 }
 

@@ -46,6 +46,9 @@ struct Inner {
     manager: ConnectionManager,
     client: reqwest::Client,
     pending: Mutex<HashMap<String, Value>>,
+    /// The last notice each request_id's stream was sent, so a resumed
+    /// stream (which the gateway's history catches up) is not sent it twice.
+    notified: Mutex<HashMap<String, Value>>,
     shutting_down: AtomicBool,
 }
 
@@ -64,6 +67,7 @@ impl VersionService {
             manager: manager.clone(),
             client,
             pending: Mutex::default(),
+            notified: Mutex::default(),
             shutting_down: AtomicBool::new(false),
         });
         // Weak: the manager owns the observer, the service owns the manager.
@@ -83,13 +87,25 @@ impl VersionService {
         self.inner.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn notified(&self) -> std::sync::MutexGuard<'_, HashMap<String, Value>> {
+        self.inner.notified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn on_connect(&self, request_id: &str) {
         let pending = self.pending().get(request_id).cloned();
         let payload = match pending {
             Some(p) => p,
             None => self.fetch().await,
         };
-        self.inner.manager.send_to(request_id, &Event::json("version", &payload), "version").await;
+        let resumed = self.inner.manager.connection_info(request_id).is_some_and(|c| c.resumed);
+        if resumed && self.notified().get(request_id) == Some(&payload) {
+            // The client has this notice; what it missed since comes from the
+            // gateway's history (or it gets a gap and refetches).
+            return;
+        }
+        if self.inner.manager.send_to(request_id, &Event::json("version", &payload), "version").await {
+            self.notified().insert(request_id.to_owned(), payload);
+        }
     }
 
     /// The deployed version document, or the `unknown` payload with the reason.
@@ -130,7 +146,10 @@ impl VersionService {
         let payload = version_payload(version, changelog);
         self.pending().insert(request_id.to_owned(), payload.clone());
         match self.inner.manager.send_to(request_id, &Event::json("version", &payload), "version").await {
-            true => Delivery::Delivered,
+            true => {
+                self.notified().insert(request_id.to_owned(), payload);
+                Delivery::Delivered
+            }
             false => Delivery::NotDelivered,
         }
     }
@@ -161,6 +180,7 @@ impl VersionService {
     /// SHUTDOWN: forget pending versions.
     pub fn shutdown(&self) {
         self.pending().clear();
+        self.notified().clear();
     }
 
     /// `POST /internal/deployments/version` `{"request_id","version","changelog"?}`

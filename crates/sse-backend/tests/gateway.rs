@@ -104,6 +104,37 @@ async fn version_push_reaches_open_streams_and_a_reconnect_with_that_id_gets_it_
 }
 
 #[tokio::test]
+async fn a_resumed_stream_is_the_same_client_and_is_not_sent_its_version_twice() {
+    let s =
+        start_with(&[("SSE_GATEWAY_SECRET", "s3")], &[("HISTORY_SECONDS", "60"), ("INTERNAL_API_SECRET", "s3")]).await;
+    let (a, v) = open(&s, "ra", &[]).await;
+    assert_eq!(v, json!({"version": "v1"}));
+    let last =
+        String::from_utf8_lossy(a.raw()).lines().filter_map(|l| l.strip_prefix("id: ")).next_back().map(str::to_owned);
+    let last = last.expect("with history, ready carries an id");
+    a.close().await;
+    // EventSource comes back with Last-Event-ID: no second version notice.
+    let mut again =
+        SseClient::open(s.gw.addr, "/api/sse/stream?request_id=ra", &[("Last-Event-ID", last.as_bytes())]).await;
+    assert_eq!(again.next_event().await.event_type, "ready", "nothing replayed, nothing re-sent");
+    // A version pushed for it while it was away does reach it.
+    again.close().await;
+    let (status, _) = post(&s, "/api/testing/deployments/version", json!({"request_id":"ra","version":"v2"})).await;
+    assert_eq!(status, 202);
+    let mut third =
+        SseClient::open(s.gw.addr, "/api/sse/stream?request_id=ra", &[("Last-Event-ID", last.as_bytes())]).await;
+    assert_eq!(next_app(&mut third).await, ("version".to_owned(), json!({"version": "v2"})));
+    // A backend reads the position to hand out with a snapshot.
+    let http = sse_backend::broadcaster::HttpBroadcaster::new(sse_backend::broadcaster::HttpBroadcasterConfig {
+        secret: Some("s3".into()),
+        ..sse_backend::broadcaster::HttpBroadcasterConfig::new(format!("http://{}", s.gw.addr))
+    });
+    use sse_backend::broadcaster::Broadcaster;
+    let position = http.history_position().await.expect("position");
+    assert!(position.is_some_and(|p| !p.is_empty()));
+}
+
+#[tokio::test]
 async fn replacement_closes_the_old_stream_and_events_reach_only_the_new_one() {
     let s = start(&[]).await;
     let (mut old, _) = open(&s, "same", &[]).await;

@@ -123,6 +123,9 @@ pub struct Head {
     pub content_length: Option<usize>,
     /// `Connection: close`.
     pub close: bool,
+    /// `Content-Type: text/event-stream` (parameters allowed): what
+    /// `EventSource` requires besides a 200.
+    pub event_stream: bool,
 }
 
 /// Reads a response head; bytes after it stay in `buf`.
@@ -132,8 +135,13 @@ async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Hea
         let mut resp = httparse::Response::new(&mut headers);
         match resp.parse(buf).context("malformed response head")? {
             httparse::Status::Complete(n) => {
-                let mut head =
-                    Head { status: resp.code.unwrap_or(0), chunked: false, content_length: None, close: false };
+                let mut head = Head {
+                    status: resp.code.unwrap_or(0),
+                    chunked: false,
+                    content_length: None,
+                    close: false,
+                    event_stream: false,
+                };
                 for h in resp.headers.iter() {
                     let value = String::from_utf8_lossy(h.value);
                     if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -142,6 +150,9 @@ async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Hea
                         head.content_length = Some(value.trim().parse().context("bad Content-Length")?);
                     } else if h.name.eq_ignore_ascii_case("connection") {
                         head.close = value.eq_ignore_ascii_case("close");
+                    } else if h.name.eq_ignore_ascii_case("content-type") {
+                        let essence = value.split(';').next().unwrap_or("").trim();
+                        head.event_stream = essence.eq_ignore_ascii_case("text/event-stream");
                     }
                 }
                 buf.drain(..n);
@@ -281,10 +292,17 @@ pub struct Batch {
     pub arrived_us: Option<u64>,
 }
 
+/// What a stream request got: a 200 stream, or another answer's head.
+pub enum Opening {
+    Stream(Box<SseStream>),
+    Refused(Head),
+}
+
 /// One event stream: the request is sent and the head checked by
 /// [`SseStream::open`]; [`SseStream::read`] yields parsed frames.
 pub struct SseStream {
     tcp: TcpStream,
+    head_event_stream: bool,
     chunked: bool,
     dechunk: Dechunker,
     parser: Parser,
@@ -297,6 +315,16 @@ pub struct SseStream {
 impl SseStream {
     /// Connects, sends `GET path`, and reads the head; anything but 200 is an error.
     pub async fn open(dialer: &Dialer, endpoint: &Endpoint, path: &str) -> anyhow::Result<SseStream> {
+        match Self::try_open(dialer, endpoint, path).await? {
+            Opening::Stream(stream) => Ok(*stream),
+            Opening::Refused(head) => bail!("stream answered HTTP {}", head.status),
+        }
+    }
+
+    /// Like [`SseStream::open`], but an answer other than 200 is handed
+    /// back (an `EventSource` client tells a fatal answer from a failed
+    /// connection, the error here).
+    pub async fn try_open(dialer: &Dialer, endpoint: &Endpoint, path: &str) -> anyhow::Result<Opening> {
         if endpoint.https {
             bail!("https:// streams need HTTP/2 (--h2-connections)");
         }
@@ -307,9 +335,10 @@ impl SseStream {
         let mut raw = Vec::new();
         let head = read_head(&mut tcp, &mut raw).await?;
         if head.status != 200 {
-            bail!("stream answered HTTP {}", head.status);
+            return Ok(Opening::Refused(head));
         }
-        Ok(SseStream {
+        Ok(Opening::Stream(Box::new(SseStream {
+            head_event_stream: head.event_stream,
             tcp,
             chunked: head.chunked,
             dechunk: Dechunker::default(),
@@ -317,7 +346,12 @@ impl SseStream {
             raw,
             body: Vec::new(),
             ended: false,
-        })
+        })))
+    }
+
+    /// The answer's `Content-Type` was `text/event-stream`.
+    pub fn is_event_stream(&self) -> bool {
+        self.head_event_stream
     }
 
     /// The frames completed by the next read; `None` once the server ended

@@ -46,22 +46,14 @@ use tracing::warn;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::amqp_stream::{self, Publisher, Start};
 use crate::config::AmqpConfig;
 use crate::deliver;
 use crate::events::{Event, Ingress};
 use crate::metrics::Metrics;
 use crate::router::Router;
 
-/// Why routing could not be set up for a stream.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum AmqpError {
-    /// The broker connection is down.
-    #[error("not connected to RabbitMQ")]
-    Disconnected,
-    /// The broker refused or failed an operation.
-    #[error("RabbitMQ: {0}")]
-    Broker(#[from] lapin::Error),
-}
+pub(crate) use crate::amqp_stream::AmqpError;
 
 /// The reconnect delay doubles from 1 s up to this, each ±25 %: a broker
 /// back after an outage is used again within seconds, and instances that lost
@@ -81,11 +73,26 @@ struct Binder {
     channel: Option<Channel>,
     /// The live connection, for the short-lived channels of admin closes.
     connection: Option<Arc<Connection>>,
+    /// With history: the confirm-mode channel events are published on.
+    publish: Option<Channel>,
+}
+
+/// What a connection consumes.
+struct Consumers {
+    conn: Arc<Connection>,
+    /// The instance queue's channel and consumer (admin close replies; without history also events).
+    ch: Channel,
+    instance: lapin::Consumer,
+    /// With history: the stream's consumer (on its own channel).
+    history: Option<lapin::Consumer>,
 }
 
 /// The AMQP ingress of one gateway instance.
 pub(crate) struct Amqp {
     config: AmqpConfig,
+    /// `HISTORY_SECONDS`; zero: no history stream.
+    history: Duration,
+    publisher: Publisher,
     binder: tokio::sync::Mutex<Binder>,
     connected: AtomicBool,
     /// Cluster-wide closes waiting for replies, by correlation id.
@@ -93,9 +100,11 @@ pub(crate) struct Amqp {
 }
 
 impl Amqp {
-    pub(crate) fn new(config: AmqpConfig) -> Arc<Self> {
+    pub(crate) fn new(config: AmqpConfig, history: Duration) -> Arc<Self> {
         Arc::new(Self {
             config,
+            history,
+            publisher: Publisher::default(),
             binder: tokio::sync::Mutex::default(),
             connected: AtomicBool::new(false),
             replies: std::sync::Mutex::default(),
@@ -152,6 +161,27 @@ impl Amqp {
         result
     }
 
+    /// True when events go through the cluster's history stream.
+    pub(crate) fn has_history(&self) -> bool {
+        !self.history.is_zero()
+    }
+
+    /// Publishes an event (an encoded frame; empty: close only) to `key`
+    /// through the history stream, for the streams bound to it on every
+    /// instance, or for one `token` (a send). Returns the local streams it
+    /// reached once this instance read it back.
+    pub(crate) async fn publish_frame(
+        &self,
+        key: &str,
+        frame: &[u8],
+        token: Option<uuid::Uuid>,
+        close: bool,
+    ) -> Result<usize, AmqpError> {
+        let ch = self.binder.lock().await.publish.clone().ok_or(AmqpError::Disconnected)?;
+        let meta = amqp_stream::FrameMeta { token, close };
+        self.publisher.publish(&ch, &self.config.exchange, key, frame, meta).await
+    }
+
     /// True while the broker connection is up and consuming.
     pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
@@ -160,6 +190,10 @@ impl Amqp {
     /// Takes a reference on each key, binding the ones that gain their first.
     /// On failure every reference taken here is given back.
     pub(crate) async fn acquire(&self, keys: &[String]) -> Result<(), AmqpError> {
+        if self.has_history() {
+            // Every event reaches every instance through the stream.
+            return Ok(());
+        }
         let mut b = self.binder.lock().await;
         let mut fresh = Vec::new();
         for k in keys {
@@ -193,7 +227,7 @@ impl Amqp {
 
     /// Gives back one reference on each key, unbinding those left with none.
     pub(crate) async fn release(&self, keys: Vec<Box<str>>) {
-        if keys.is_empty() {
+        if keys.is_empty() || self.has_history() {
             return;
         }
         let mut b = self.binder.lock().await;
@@ -235,7 +269,7 @@ impl Amqp {
         Ok(())
     }
 
-    async fn connect(&self) -> Result<(Arc<Connection>, Channel, lapin::Consumer), AmqpError> {
+    async fn connect(&self, start: Start) -> Result<Consumers, AmqpError> {
         let conn = Arc::new(Connection::connect(&self.config.url, ConnectionProperties::default()).await?);
         let ch = conn.create_channel().await?;
         let durable = !self.config.auto_delete;
@@ -253,7 +287,7 @@ impl Amqp {
         )
         .await?;
         ch.basic_qos(512, BasicQosOptions::default()).await?;
-        let consumer = ch
+        let instance = ch
             .basic_consume(
                 self.config.queue.as_str().into(),
                 "sse-gateway".into(),
@@ -261,40 +295,69 @@ impl Amqp {
                 FieldTable::default(),
             )
             .await?;
-        Ok((conn, ch, consumer))
+        let history = if self.has_history() {
+            let name = amqp_stream::stream_name(&self.config.exchange);
+            amqp_stream::declare(&conn, &ch, &self.config.exchange, &name, self.history).await?;
+            let publish = conn.create_channel().await?;
+            publish.confirm_select(ConfirmSelectOptions::default()).await?;
+            let reader = conn.create_channel().await?;
+            let consumer = amqp_stream::consume(&reader, &name, start).await?;
+            self.binder.lock().await.publish = Some(publish);
+            Some(consumer)
+        } else {
+            None
+        };
+        Ok(Consumers { conn, ch, instance, history })
     }
 
     /// Connects, consumes, and reconnects until shutdown.
     pub(crate) async fn run(self: Arc<Self>, router: Arc<Router>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_secs(1);
         let mut first = true;
+        if self.has_history() && self.config.auto_delete {
+            warn!(
+                "RABBITMQ_ENV_AUTO_DELETE with history: after a broker restart, events published before a gateway \
+                 re-binds the history stream are unroutable (use a durable exchange in production)"
+            );
+        }
         loop {
+            // With history: the first time from the retention's start, later
+            // from the offset after the last one seen (raw position n = offset + 1).
+            let start = match router.history_offset() {
+                Some(n) if n > 0 => Start::Offset(n),
+                _ => Start::Since(self.history),
+            };
             let attempt = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = self.connect() => r,
+                r = self.connect(start) => r,
             };
             match attempt {
-                Ok((conn, ch, consumer)) => {
+                Ok(consumers) => {
+                    let conn = Arc::clone(&consumers.conn);
                     self.binder.lock().await.connection = Some(Arc::clone(&conn));
-                    if let Err(e) = self.rebind(&ch).await {
+                    if let Err(e) = self.rebind(&consumers.ch).await {
                         warn!(error = %e, "re-binding routing keys failed; reconnecting");
                         let _ = conn.close(0, "rebind failed".into()).await;
                     } else {
                         backoff = Duration::from_secs(1);
-                        self.connected.store(true, Ordering::Release);
-                        let (queue, exchange) = (self.config.queue.as_str(), self.config.exchange.as_str());
-                        metrics.emit(Event::BrokerConnected { queue, exchange });
-                        if !first {
-                            // Streams may have missed events while the broker was away: say so.
-                            router.push_all(&Bytes::from_static(sse_wire::encode::READY));
+                        // With history, the instance takes streams once it has
+                        // caught up with the stream (its marker read back), or
+                        // at once when it resumes from where it was.
+                        let marker = match (&consumers.history, start) {
+                            (Some(_), Start::Since(_)) => self.mark().await,
+                            _ => None,
+                        };
+                        if marker.is_none() {
+                            self.went_live(&router, &metrics, first);
                         }
                         first = false;
-                        self.consume(&ch, &router, &metrics, &shutdown, consumer).await;
+                        self.consume(&router, &metrics, &shutdown, consumers, marker).await;
                         self.connected.store(false, Ordering::Release);
                         metrics.emit(Event::BrokerLost { shutting_down: shutdown.is_cancelled() });
                         let mut binder = self.binder.lock().await;
                         binder.channel = None;
                         binder.connection = None;
+                        binder.publish = None;
                         drop(binder);
                         if shutdown.is_cancelled() {
                             let _ = conn.close(200, "shutting down".into()).await;
@@ -312,6 +375,31 @@ impl Amqp {
         }
     }
 
+    /// Publishes the catch-up marker; `None` if that failed (then the
+    /// instance goes live without waiting for it).
+    async fn mark(&self) -> Option<String> {
+        let ch = self.binder.lock().await.publish.clone()?;
+        match self.publisher.mark(&ch, &self.config.exchange, &self.config.instance_id).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                warn!(error = %e, "cannot publish the history catch-up marker; taking streams now");
+                None
+            }
+        }
+    }
+
+    /// The instance takes streams again.
+    fn went_live(&self, router: &Router, metrics: &Metrics, first: bool) {
+        self.connected.store(true, Ordering::Release);
+        let (queue, exchange) = (self.config.queue.as_str(), self.config.exchange.as_str());
+        metrics.emit(Event::BrokerConnected { queue, exchange });
+        if !first && !self.has_history() {
+            // Streams may have missed events while the broker was away: say so.
+            // (With history they get every event late, or a gap.)
+            router.push_all(&Bytes::from_static(sse_wire::encode::READY));
+        }
+    }
+
     async fn rebind(&self, ch: &Channel) -> Result<(), AmqpError> {
         let mut b = self.binder.lock().await;
         let keys: Vec<Box<str>> = b.counts.keys().cloned().collect();
@@ -324,16 +412,24 @@ impl Amqp {
 
     async fn consume(
         &self,
-        ch: &Channel,
         router: &Router,
         metrics: &Metrics,
         shutdown: &CancellationToken,
-        mut consumer: lapin::Consumer,
+        consumers: Consumers,
+        mut marker: Option<String>,
     ) {
+        let Consumers { ch, mut instance, mut history, .. } = consumers;
         loop {
-            let next = tokio::select! {
+            let from_history = async {
+                match history.as_mut() {
+                    Some(h) => h.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let (next, is_history) = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                n = consumer.next() => n,
+                n = instance.next() => (n, false),
+                n = from_history => (n, true),
             };
             let delivery = match next {
                 Some(Ok(d)) => d,
@@ -343,10 +439,17 @@ impl Amqp {
                 }
                 None => return,
             };
+            if is_history {
+                self.on_history(&ch, router, metrics, &delivery, &mut marker).await;
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    warn!(error = %e, "ack failed");
+                }
+                continue;
+            }
             let key = delivery.routing_key.as_str().to_owned();
             let kind = delivery.properties.kind().as_ref().map(|k| k.as_str().to_owned());
             if let Some(kind) = kind.as_deref().filter(|k| *k == CLOSE || *k == CLOSE_REPLY) {
-                self.control(ch, router, metrics, kind, &key, &delivery).await;
+                self.control(&ch, router, metrics, kind, &key, &delivery).await;
                 if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                     warn!(error = %e, "ack failed");
                 }
@@ -367,6 +470,87 @@ impl Amqp {
                     }
                 }
             }
+        }
+    }
+
+    /// One message read from the history stream: an event (a backend's, or
+    /// a frame a gateway published), a control message, or this instance's
+    /// catch-up marker.
+    async fn on_history(
+        &self,
+        ch: &Channel,
+        router: &Router,
+        metrics: &Metrics,
+        delivery: &lapin::message::Delivery,
+        marker: &mut Option<String>,
+    ) {
+        let Some(n) = amqp_stream::offset(delivery).map(|o| o + 1) else {
+            warn!("a message from the history stream has no offset; skipped");
+            return;
+        };
+        let key = delivery.routing_key.as_str();
+        let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
+        let message_id = delivery.properties.message_id().as_ref().map(|m| m.as_str());
+        let live = marker.is_none();
+        let lost = match kind {
+            Some(amqp_stream::MARK) => {
+                let lost = router.advance_history(n);
+                if marker.as_deref().is_some_and(|m| Some(m) == message_id) {
+                    *marker = None;
+                    self.went_live(router, metrics, true);
+                }
+                lost
+            }
+            Some(CLOSE) | Some(CLOSE_REPLY) => {
+                let lost = router.advance_history(n);
+                // Closes from before this instance caught up are history, not orders.
+                if live && kind == Some(CLOSE) {
+                    self.control(ch, router, metrics, CLOSE, key, delivery).await;
+                }
+                lost
+            }
+            Some(amqp_stream::FRAME) => {
+                if !amqp_stream::valid_frame(&delivery.data) {
+                    metrics.emit(Event::BrokerMessageRejected { key, reason: "sse.frame is not one SSE event" });
+                    router.advance_history(n)
+                } else if delivery.data.is_empty() {
+                    // A close without an event: nothing to keep.
+                    let meta = amqp_stream::frame_meta(delivery);
+                    let lost = router.advance_history(n);
+                    let matched = match meta.token {
+                        Some(t) => usize::from(router.send_control_close(t)),
+                        None => deliver::publish(router, metrics, Ingress::Amqp, key, None, meta.close),
+                    };
+                    if let Some(id) = message_id {
+                        self.publisher.delivered(id, matched);
+                    }
+                    lost
+                } else {
+                    let meta = amqp_stream::frame_meta(delivery);
+                    let (result, lost) = router.publish_at(n, key, &delivery.data, meta.close, meta.token);
+                    deliver::report(metrics, Ingress::Amqp, key, &result, true);
+                    metrics.emit(Event::BrokerMessageDelivered);
+                    if let Some(id) = message_id {
+                        self.publisher.delivered(id, result.matched);
+                    }
+                    lost
+                }
+            }
+            _ => match parse_message(&delivery.data) {
+                Ok(frame) => {
+                    let (result, lost) = router.publish_at(n, key, &frame, false, None);
+                    deliver::report(metrics, Ingress::Amqp, key, &result, true);
+                    metrics.emit(Event::BrokerMessageDelivered);
+                    lost
+                }
+                Err(reason) => {
+                    metrics.emit(Event::BrokerMessageRejected { key, reason });
+                    router.advance_history(n)
+                }
+            },
+        };
+        if lost > 0 {
+            metrics.emit(Event::GapSignalled { token: None, cause: crate::history::GapCause::Lost, streams: lost });
         }
     }
 }

@@ -44,22 +44,64 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `POST /internal/send`: `{"status": "ok" | "buffered"}`.
-pub(crate) fn send(shared: &Shared, body: &[u8]) -> Result<Value, ApiError> {
+///
+/// With RabbitMQ and history, an event for an open stream goes through the
+/// cluster's history stream (so a resume on any instance replays it) and
+/// the answer waits for it to be written here.
+pub(crate) async fn send(shared: &Shared, body: &[u8]) -> Result<Value, ApiError> {
     let cmd = SendCommand::parse(body)?;
+    if let (Some(amqp), Some(frame)) = (shared.amqp.as_ref().filter(|a| a.has_history()), &cmd.frame)
+        && let Some(token) = deliver::parse_token(&cmd.token)
+        && let Some(key) = shared.router.send_key(token)
+    {
+        let matched = amqp.publish_frame(&key, frame, Some(token), cmd.close).await.map_err(broker_error)?;
+        if matched == 0 {
+            return Err(delivery_error(DeliveryError::NotFound));
+        }
+        return Ok(json!({"status": "ok"}));
+    }
     let status =
         deliver::send(&shared.router, &shared.metrics, &cmd.token, cmd.frame, cmd.close).map_err(delivery_error)?;
     Ok(json!({"status": status.as_str()}))
 }
 
 /// `POST /internal/publish`: `{"matched": n}`, plus `results` for a batch.
-pub(crate) fn publish(shared: &Shared, body: &[u8]) -> Result<Value, ApiError> {
+///
+/// With RabbitMQ and history, each event goes through the cluster's
+/// history stream (reaching the streams of every instance) in order;
+/// `matched` counts this instance's streams.
+pub(crate) async fn publish(shared: &Shared, body: &[u8]) -> Result<Value, ApiError> {
     let (messages, batch) = PublishCommand::parse_batch(body)?;
-    let results: Vec<usize> = messages
-        .iter()
-        .map(|m| deliver::publish(&shared.router, &shared.metrics, Ingress::Publish, &m.key, m.frame.as_ref(), m.close))
-        .collect();
+    let results: Vec<usize> = match shared.amqp.as_ref().filter(|a| a.has_history()) {
+        None => messages
+            .iter()
+            .map(|m| {
+                deliver::publish(&shared.router, &shared.metrics, Ingress::Publish, &m.key, m.frame.as_ref(), m.close)
+            })
+            .collect(),
+        Some(amqp) => {
+            let mut results = Vec::with_capacity(messages.len());
+            for m in &messages {
+                let frame = m.frame.as_deref().unwrap_or_default();
+                results.push(amqp.publish_frame(&m.key, frame, None, m.close).await.map_err(broker_error)?);
+            }
+            results
+        }
+    };
     let total: usize = results.iter().sum();
     Ok(if batch { json!({"matched": total, "results": results}) } else { json!({"matched": total}) })
+}
+
+/// `GET /internal/history`: `{"id": "<cursor>"|null}`, the position of the
+/// latest event (null with history off). A backend reads it before taking a
+/// snapshot; a client that opens its stream with `lastEventId=<id>` then
+/// gets every event after the snapshot's position.
+pub(crate) fn history(shared: &Shared) -> Value {
+    json!({"id": shared.router.history_position()})
+}
+
+fn broker_error(e: crate::amqp::AmqpError) -> ApiError {
+    ApiError::new(ErrorCode::BrokerUnavailable, format!("the event could not be published to RabbitMQ: {e}"))
 }
 
 /// Default and largest page of `GET /internal/streams`.
@@ -123,7 +165,7 @@ pub(crate) async fn close(shared: &Shared, body: &[u8]) -> Result<Value, ApiErro
     match cmd.target {
         CloseTarget::Token(t) => {
             // A pending stream counts too: it ends right after its connect decision.
-            let outcome = deliver::parse_token(&t).map(|token| shared.router.send(token, Some(hint()), true));
+            let outcome = deliver::parse_token(&t).map(|token| shared.router.send_control(token, hint(), true));
             let matched = usize::from(matches!(outcome, Some(SendOutcome::Delivered | SendOutcome::Buffered)));
             shared.metrics.emit(Event::AdminClosed { matched });
             Ok(json!({"matched": matched}))
@@ -155,6 +197,7 @@ fn delivery_error(e: DeliveryError) -> ApiError {
         DeliveryError::WriteFailed => {
             ApiError::new(ErrorCode::WriteFailed, "Stream write failed; the stream was closed")
         }
+        DeliveryError::BrokerUnavailable => ApiError::new(ErrorCode::BrokerUnavailable, "RabbitMQ is unavailable"),
     }
 }
 

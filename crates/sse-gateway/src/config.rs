@@ -83,8 +83,8 @@ pub mod settings {
         INTERNAL_API_SECRET = "INTERNAL_API_SECRET", "internal-api-secret", None, "Bearer secret that unlocks /internal/publish and /metrics on the public port";
         TLS_CERT_FILE = "TLS_CERT_FILE", "tls-cert-file", None, "PEM certificate chain (leaf first); with TLS_KEY_FILE the public listener serves HTTPS with HTTP/2 and HTTP/1.1 (ALPN); read once at start";
         TLS_KEY_FILE = "TLS_KEY_FILE", "tls-key-file", None, "PEM private key of TLS_CERT_FILE (PKCS#8, PKCS#1 or SEC1)";
-        STREAM_SNDBUF_BYTES = "STREAM_SNDBUF_BYTES", "stream-sndbuf-bytes", Some("131072"), "Kernel send buffer of each stream socket (the kernel doubles it), so a client that stops reading holds little kernel memory; 0 = the kernel's default";
-        STREAM_STALL_SECONDS = "STREAM_STALL_SECONDS", "stream-stall-seconds", Some("30"), "Close a stream (reason error) whose socket has taken no byte for this long while data waits; 0 = never";
+        STREAM_SNDBUF_BYTES = "STREAM_SNDBUF_BYTES", "stream-sndbuf-bytes", Some("32768"), "Kernel send buffer of each stream socket (the kernel doubles it), so a client that stops reading holds little kernel memory; 0 = the kernel's default";
+        STREAM_STALL_SECONDS = "STREAM_STALL_SECONDS", "stream-stall-seconds", Some("10"), "Close a stream (reason error) whose socket has taken no byte for this long while data waits; 0 = never";
         MAX_CONNECTIONS = "MAX_CONNECTIONS", "max-connections", Some("50000"), "Most streams at once; beyond it a new stream gets a retry hint and ends";
         MAX_HEADER_BYTES = "MAX_HEADER_BYTES", "max-header-bytes", Some("16384"), "Largest request head in bytes (larger: 431); at least 1024";
         RABBITMQ_URL = "RABBITMQ_URL", "rabbitmq-url", None, "AMQP URL; enables the RabbitMQ ingress (scale-out)";
@@ -99,6 +99,8 @@ pub mod settings {
         MAX_QUEUED_CONNECTS = "MAX_QUEUED_CONNECTS", "max-queued-connects", Some("10000"), "Most connect callbacks waiting for a free slot; beyond it a new stream gets 503 BACKEND_UNAVAILABLE, or a retry: hint with RETRY_ON_BACKEND_FAILURE";
         RETRY_ON_BACKEND_FAILURE = "RETRY_ON_BACKEND_FAILURE", "retry-on-backend-failure", Some("false"), "true: a connect callback that gets no answer, times out or answers 5xx gives the client 200 + a retry: hint instead of 503/504/5xx (which make EventSource give up)";
         RETRY_JITTER_MS = "RETRY_JITTER_MS", "retry-jitter-ms", None, "MIN-MAX: every stream gets retry: <random in MIN..MAX> ms before ready, spreading reconnects after a gateway loss (unset: 1000-5000 when RETRY_ON_BACKEND_FAILURE is true, else off)";
+        HISTORY_SECONDS = "HISTORY_SECONDS", "history-seconds", Some("0"), "Resumable streams: every event gets an id: and is kept this long, so a client reconnecting with Last-Event-ID gets what it missed (or an event: gap); with RabbitMQ the history is a RabbitMQ stream shared by the cluster; 0 = off (the wire stays as the Node gateway's)";
+        HISTORY_MAX_BYTES = "HISTORY_MAX_BYTES", "history-max-bytes", Some("67108864"), "Most memory the kept events may use (the oldest go first)";
         DISCONNECT_RETRY_SECONDS = "DISCONNECT_RETRY_SECONDS", "disconnect-retry-seconds", Some("60"), "Retry a failed disconnect callback (refused, timeout, 5xx) with backoff for up to this many seconds; 0 = no retry";
     }
 }
@@ -165,6 +167,10 @@ pub struct Config {
     /// A stream whose socket takes nothing this long while data waits is
     /// closed; zero: never.
     pub stream_stall: Duration,
+    /// How long events are kept for resumes (`id:` on every event); zero: off.
+    pub history: Duration,
+    /// Most bytes the kept events may use.
+    pub history_max_bytes: usize,
 }
 
 /// The AMQP ingress settings (SSEGateway names).
@@ -379,8 +385,12 @@ impl Config {
                 .filter(|n| *n > 0)
                 .map(usize_of),
             stream_stall: Duration::from_secs(
-                r.number(s::STREAM_STALL_SECONDS, 0, "an integer number of seconds (0: never)")?.unwrap_or(30),
+                r.number(s::STREAM_STALL_SECONDS, 0, "an integer number of seconds (0: never)")?.unwrap_or(10),
             ),
+            history: Duration::from_secs(
+                r.number(s::HISTORY_SECONDS, 0, "an integer number of seconds (0: off)")?.unwrap_or(0),
+            ),
+            history_max_bytes: usize_of(r.number(s::HISTORY_MAX_BYTES, 1, positive)?.unwrap_or(64 << 20)),
             roster_interval: Duration::from_secs(
                 r.number(s::ROSTER_INTERVAL_SECONDS, 0, "an integer number of seconds (0: off)")?.unwrap_or(0),
             ),

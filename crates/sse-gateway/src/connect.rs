@@ -21,7 +21,7 @@ use crate::events::{Event, RefuseReason};
 use crate::hook::{Accepted, ClientRequest, ConnectHook, DisconnectReason, Refusal};
 use crate::queue::{EndHook, StreamHandle, StreamQueue};
 use crate::retry::RetryHint;
-use crate::router::{Opened, Refused};
+use crate::router::{NewStream, Opened, Refused, Resumed};
 use crate::shared::Shared;
 
 /// What the client gets.
@@ -170,9 +170,21 @@ async fn open(
         ready = None;
     }
     let acquired = ready.is_some() && shared.amqp.is_some();
+    let last_event_id = resume_from(shared, &request).await;
     let queue = StreamQueue::new(token, request, shared.config.stream_queue_bytes, abort);
-    let (opened, taken_hold) =
-        shared.router.open(&queue, keys.clone(), request_id.as_deref(), peer, ready, || RetryHint::Draining.frame());
+    let new = NewStream {
+        keys: keys.clone(),
+        request_id: request_id.as_deref(),
+        peer,
+        ready,
+        last_event_id: last_event_id.as_deref(),
+    };
+    let (opened, taken_hold, resumed) = shared.router.open(&queue, new, || RetryHint::Draining.frame());
+    match resumed {
+        Resumed::Fresh => {}
+        Resumed::Replayed(events) => shared.metrics.emit(Event::Resumed { token, events }),
+        Resumed::Gap(cause) => shared.metrics.emit(Event::GapSignalled { token: Some(token), cause, streams: 1 }),
+    }
     let mut release: Vec<Box<str>> = taken_hold.into_iter().collect();
     if opened != Opened::Live && acquired {
         // The stream was never indexed, so its end will not give these back.
@@ -190,6 +202,35 @@ async fn open(
         shared.expiries.schedule(token, at);
     }
     Decision::Stream(StreamHandle::new(queue, end_hook(shared, hook)))
+}
+
+/// How long a resume waits for this instance to catch up with a cursor
+/// another instance wrote (AMQP: consumers of the stream run a little
+/// apart); after it, the client gets a `gap`.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The client's `Last-Event-ID` (header, else the `lastEventId` query
+/// parameter) when history is on; with a broker, first waits (bounded) until
+/// this instance has consumed as far as that cursor.
+async fn resume_from(shared: &Shared, request: &ClientRequest) -> Option<String> {
+    if !shared.router.has_history() {
+        return None;
+    }
+    let id = request
+        .headers
+        .iter()
+        .find(|(k, _)| k == crate::headers::LAST_EVENT_ID)
+        .map(|(_, v)| v.clone())
+        .or_else(|| crate::keys::query_param(&request.url, "lastEventId"))?;
+    // Only a cluster has other instances ahead of this one; alone, a cursor
+    // ahead of the history is unknown at once.
+    if shared.amqp.is_some()
+        && let Some(wanted) = shared.router.ahead_of_history(&id)
+    {
+        let mut position = shared.router.watch_position();
+        let _ = tokio::time::timeout(CATCH_UP, position.wait_for(|p| *p >= wanted)).await;
+    }
+    Some(id)
 }
 
 /// `ready`, after a jittered `retry:` when that is on: a gateway lost at

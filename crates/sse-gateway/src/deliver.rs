@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use crate::events::{Event, Ingress};
 use crate::metrics::Metrics;
-use crate::router::{Router, SendOutcome};
+use crate::router::{Published, Router, SendOutcome};
 
 /// A send was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +42,10 @@ pub enum DeliveryError {
     /// The stream could not take the event and was closed.
     #[error("stream write failed; the stream was closed")]
     WriteFailed,
+    /// RabbitMQ mode with history: the broker is down, so the event cannot
+    /// enter the cluster's history.
+    #[error("RabbitMQ is unavailable")]
+    BrokerUnavailable,
 }
 
 /// Sends to one token.
@@ -82,7 +86,13 @@ pub(crate) fn publish(
     close: bool,
 ) -> usize {
     let result = router.publish(key, frame, close);
-    if frame.is_some() {
+    report(metrics, ingress, key, &result, frame.is_some());
+    result.matched
+}
+
+/// Counts (and logs) what a publish did.
+pub(crate) fn report(metrics: &Metrics, ingress: Ingress, key: &str, result: &Published, event: bool) {
+    if event {
         metrics.emit(Event::Published { ingress, streams: result.matched - result.overflowed });
     }
     if result.overflowed > 0 {
@@ -91,7 +101,6 @@ pub(crate) fn publish(
     if result.held + result.hold_dropped > 0 {
         metrics.emit(Event::Held { key, held: result.held, dropped: result.hold_dropped });
     }
-    result.matched
 }
 
 /// Tokens are lower-case hyphenated UUIDs, compared exactly (as SSEGateway's map keys are).

@@ -9,6 +9,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::error::ErrorCode;
+use crate::history::{GapCause, HistoryStats};
 use crate::hook::{DisconnectReason, Refusal};
 use crate::metrics::Metrics;
 
@@ -67,6 +68,7 @@ pub(crate) enum Endpoint {
     Publish,
     Streams,
     Close,
+    History,
 }
 
 impl Endpoint {
@@ -76,6 +78,7 @@ impl Endpoint {
             Self::Publish => "publish",
             Self::Streams => "streams",
             Self::Close => "close",
+            Self::History => "history",
         }
     }
 }
@@ -227,6 +230,20 @@ pub(crate) enum Event<'a> {
         shutting_down: bool,
     },
     BrokerMessageDelivered,
+    /// A stream resumed from its `Last-Event-ID`: `events` were replayed.
+    Resumed {
+        token: Uuid,
+        events: usize,
+    },
+    /// A `gap` was written to `streams` streams (one resuming `token`, or
+    /// every live stream after the broker lost events).
+    GapSignalled {
+        token: Option<Uuid>,
+        cause: GapCause,
+        streams: usize,
+    },
+    /// The history's size after its periodic eviction.
+    HistorySwept(HistoryStats),
     BrokerMessageRejected {
         key: &'a str,
         reason: &'a str,
@@ -357,7 +374,8 @@ impl Metrics {
             }
             Event::SlowConsumersClosed { count } => {
                 self.overflows.get_or_create(&[("reason", "slow_consumer")]).inc_by(count as u64);
-                debug!(count, "closed streams whose clients did not keep up");
+                // Warn: a dropped stream loses events; it must never go unnoticed.
+                warn!(count, "closed streams whose clients did not keep up (STREAM_QUEUE_BYTES overflowed)");
             }
             Event::Held { key, held, dropped } => {
                 self.held.inc_by(held as u64);
@@ -398,6 +416,23 @@ impl Metrics {
             }
             Event::BrokerMessageDelivered => {
                 self.broker_messages.get_or_create(&[("outcome", "delivered")]).inc();
+            }
+            Event::Resumed { token, events } => {
+                self.replayed.inc_by(events as u64);
+                debug!(%token, events, "stream resumed from Last-Event-ID");
+            }
+            Event::GapSignalled { token, cause, streams } => {
+                self.gaps.get_or_create(&[("cause", cause.as_str())]).inc_by(streams as u64);
+                match token {
+                    Some(token) => info!(%token, cause = cause.as_str(), "resume not covered by the history: gap"),
+                    None => warn!(streams, cause = cause.as_str(), "events were lost: gap written to every stream"),
+                }
+            }
+            Event::HistorySwept(stats) => {
+                self.history_events.set(i64::try_from(stats.events).unwrap_or(i64::MAX));
+                self.history_bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+                self.history_age.set(i64::try_from(stats.oldest.as_secs()).unwrap_or(i64::MAX));
+                self.history_evicted.inc_by(stats.evicted as u64);
             }
             Event::BrokerMessageRejected { key, reason } => {
                 self.broker_messages.get_or_create(&[("outcome", "rejected")]).inc();

@@ -93,7 +93,7 @@ impl Expiries {
         loop {
             let (due, next) = self.due(Instant::now());
             for token in due {
-                if router.send(token, Some(frame()), true) == SendOutcome::Delivered {
+                if router.send_control(token, frame(), true) == SendOutcome::Delivered {
                     metrics.emit(Event::CredentialsExpired { token });
                 }
             }

@@ -108,9 +108,23 @@ fn encode(event: Option<OutEvent<'_>>) -> Result<Option<Bytes>, DeliveryError> {
 
 impl GatewayHandle {
     /// Sends to one token, exactly like `/internal/send`.
+    ///
+    /// With RabbitMQ and history, an event for an open stream goes through
+    /// the cluster's history stream in a task of its own (this call does not
+    /// wait for the broker): `Ok` means it was handed over; a publish the
+    /// broker then refuses is logged and counted
+    /// (`sse_gateway_error_answers{code="BROKER_UNAVAILABLE"}`).
     pub fn send(&self, token: &str, event: Option<OutEvent<'_>>, close: bool) -> Result<SendStatus, DeliveryError> {
         let shared = &self.shared;
-        deliver::send(&shared.router, &shared.metrics, token, encode(event)?, close)
+        let frame = encode(event)?;
+        if let (Some(amqp), Some(frame)) = (shared.amqp.as_ref().filter(|a| a.has_history()), &frame)
+            && let Some(t) = deliver::parse_token(token)
+            && let Some(key) = shared.router.send_key(t)
+        {
+            self.through_broker(amqp, key, frame.clone(), Some(t), close)?;
+            return Ok(SendStatus::Ok);
+        }
+        deliver::send(&shared.router, &shared.metrics, token, frame, close)
     }
 
     /// Publishes to every stream bound to `key` (encoded once); returns how many matched.
@@ -120,7 +134,42 @@ impl GatewayHandle {
         }
         let frame = encode(event)?;
         let shared = &self.shared;
+        if let Some(amqp) = shared.amqp.as_ref().filter(|a| a.has_history()) {
+            self.through_broker(amqp, key.to_owned(), frame.unwrap_or_default(), None, close)?;
+            return Ok(shared.router.bound(key));
+        }
         Ok(deliver::publish(&shared.router, &shared.metrics, Ingress::InProcess, key, frame.as_ref(), close))
+    }
+
+    /// Hands an event to the broker in a task (RabbitMQ mode with history).
+    fn through_broker(
+        &self,
+        amqp: &Arc<crate::amqp::Amqp>,
+        key: String,
+        frame: Bytes,
+        token: Option<uuid::Uuid>,
+        close: bool,
+    ) -> Result<(), DeliveryError> {
+        if !amqp.is_connected() {
+            return Err(DeliveryError::BrokerUnavailable);
+        }
+        let (amqp, shared) = (Arc::clone(amqp), Arc::clone(&self.shared));
+        self.shared.tracker.spawn(async move {
+            if let Err(e) = amqp.publish_frame(&key, &frame, token, close).await {
+                tracing::warn!(key, error = %e, "an in-process event could not be published to RabbitMQ; it is lost");
+                shared
+                    .metrics
+                    .emit(crate::events::Event::ErrorAnswered { code: crate::error::ErrorCode::BrokerUnavailable });
+            }
+        });
+        Ok(())
+    }
+
+    /// The cursor of the latest event (`None` with history off): read it
+    /// before taking a snapshot and hand it to the client, whose stream
+    /// opened with `lastEventId=<it>` then gets every event after it.
+    pub fn history_position(&self) -> Option<String> {
+        self.shared.router.history_position()
     }
 
     /// Number of open streams.

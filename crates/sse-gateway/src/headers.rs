@@ -22,6 +22,10 @@ pub(crate) const CORS: [(&str, &str); 3] = [
     ("access-control-allow-headers", "Content-Type, Cache-Control"),
 ];
 
+/// The request header `EventSource` sends on reconnect (lower-case, as
+/// forwarded headers are).
+pub(crate) const LAST_EVENT_ID: &str = "last-event-id";
+
 /// Content type of JSON answers (errors included).
 pub(crate) const JSON: &str = "application/json; charset=utf-8";
 

@@ -151,7 +151,7 @@ async fn dispatch(
         Route::Send => {
             let started = Instant::now();
             let result = match read_body(shared, req).await {
-                Ok(body) => api::send(shared, &body),
+                Ok(body) => api::send(shared, &body).await,
                 Err(e) => Err(e),
             };
             answered(shared, Endpoint::Send, started, result)
@@ -161,7 +161,7 @@ async fn dispatch(
             let result = match api::authorize(shared, listener, authorization()) {
                 Err(e) => Err(e),
                 Ok(()) => match read_body(shared, req).await {
-                    Ok(body) => api::publish(shared, &body),
+                    Ok(body) => api::publish(shared, &body).await,
                     Err(e) => Err(e),
                 },
             };
@@ -173,6 +173,11 @@ async fn dispatch(
             let result =
                 api::authorize(shared, listener, authorization()).and_then(|()| api::streams(shared, path_and_query));
             answered(shared, Endpoint::Streams, started, result)
+        }
+        Route::History => {
+            let started = Instant::now();
+            let result = api::authorize(shared, listener, authorization()).map(|()| api::history(shared));
+            answered(shared, Endpoint::History, started, result)
         }
         Route::Close => {
             let started = Instant::now();

@@ -23,6 +23,7 @@
 //! devices; it moves opaque events to streams.
 
 mod amqp;
+mod amqp_stream;
 mod api;
 mod app;
 mod chunk;
@@ -37,6 +38,7 @@ mod events;
 mod expiry;
 mod gateway;
 mod headers;
+mod history;
 mod hook;
 mod hyper_path;
 mod keys;

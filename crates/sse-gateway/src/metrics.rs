@@ -46,6 +46,12 @@ pub(crate) struct Metrics {
     pub(crate) rosters: Family<Labels1, Counter>,
     pub(crate) admin_closed: Counter,
     pub(crate) expired: Counter,
+    pub(crate) replayed: Counter,
+    pub(crate) gaps: Family<Labels1, Counter>,
+    pub(crate) history_events: Gauge,
+    pub(crate) history_bytes: Gauge,
+    pub(crate) history_age: Gauge,
+    pub(crate) history_evicted: Counter,
 }
 
 impl Default for Metrics {
@@ -77,6 +83,12 @@ impl Default for Metrics {
             rosters: Family::default(),
             admin_closed: Counter::default(),
             expired: Counter::default(),
+            replayed: Counter::default(),
+            gaps: Family::default(),
+            history_events: Gauge::default(),
+            history_bytes: Gauge::default(),
+            history_age: Gauge::default(),
+            history_evicted: Counter::default(),
         };
         let mut registry = Registry::default();
         registry.register("sse_gateway_active_connections", "Open SSE streams", m.active.clone());
@@ -171,6 +183,24 @@ impl Default for Metrics {
             "sse_gateway_connects_waiting",
             "Connect callbacks waiting for a free callback slot (MAX_CONCURRENT_CALLBACKS)",
             m.connects_waiting.clone(),
+        );
+        registry.register(
+            "sse_gateway_history_replayed_events",
+            "Events replayed to streams resuming from Last-Event-ID",
+            m.replayed.clone(),
+        );
+        registry.register(
+            "sse_gateway_history_gaps",
+            "gap events written, by cause (unknown, expired, lost)",
+            m.gaps.clone(),
+        );
+        registry.register("sse_gateway_history_events", "Events kept in the history", m.history_events.clone());
+        registry.register("sse_gateway_history_bytes", "Bytes the kept events use", m.history_bytes.clone());
+        registry.register("sse_gateway_history_age_seconds", "Age of the oldest kept event", m.history_age.clone());
+        registry.register(
+            "sse_gateway_history_evicted_events",
+            "Events dropped from the history (older than HISTORY_SECONDS, or over HISTORY_MAX_BYTES)",
+            m.history_evicted.clone(),
         );
         Self { registry, ..m }
     }

@@ -72,6 +72,8 @@ struct QueueState {
     events: u64,
     /// Frames handed to hyper (its progress; the raw path counts `out.written`).
     taken: u64,
+    /// Replayed bytes (a resume) that may exceed the bound while they drain.
+    allowance: usize,
     /// Set by the stall sweep only, never on the delivery path: the progress
     /// count and the time it was last seen to change while bytes waited.
     stall_mark: Option<(u64, Instant)>,
@@ -164,7 +166,7 @@ impl StreamQueue {
     /// is left for the writer task, in order. Worth it for one stream or a
     /// few; a broadcast instead wakes the writers, which run on every core
     /// and batch what piles up under load.
-    fn push_with(&self, frame: Bytes, write_through: bool, event: bool) -> Result<(), PushError> {
+    pub(crate) fn push_with(&self, frame: Bytes, write_through: bool, event: bool) -> Result<(), PushError> {
         let mut st = self.lock();
         if let Some(reason) = st.closing {
             return Err(PushError::Closed(reason));
@@ -185,7 +187,7 @@ impl StreamQueue {
             }
             return Ok(());
         }
-        if st.bytes + frame.len() > self.limit {
+        if st.bytes + frame.len() > self.limit + st.allowance {
             st.items.clear();
             let hint = RetryHint::SlowConsumer.frame();
             st.bytes = hint.len();
@@ -203,6 +205,23 @@ impl StreamQueue {
         drop(st);
         self.waker.wake();
         Ok(())
+    }
+
+    /// Queues a resume's replayed events (counted as events). They may
+    /// exceed the bound: the history already bounds them, and the bound
+    /// applies again to what comes after them once they drain.
+    pub(crate) fn push_replay(&self, frames: Vec<Bytes>) {
+        let mut st = self.lock();
+        if st.closing.is_some() {
+            return;
+        }
+        let total: usize = frames.iter().map(Bytes::len).sum();
+        st.events += frames.len() as u64;
+        st.bytes += total;
+        st.allowance += total;
+        st.items.extend(frames);
+        drop(st);
+        self.waker.wake();
     }
 
     /// Ends the stream after what is queued plus `last` (written even past the bound).
@@ -298,6 +317,7 @@ impl StreamQueue {
         for _ in 0..n {
             if let Some(b) = st.items.pop_front() {
                 st.bytes -= b.len();
+                st.allowance = st.allowance.saturating_sub(b.len());
                 out.push(b);
             }
         }
@@ -329,6 +349,7 @@ impl StreamQueue {
                     for _ in 0..n {
                         if let Some(b) = st.items.pop_front() {
                             st.bytes -= b.len();
+                            st.allowance = st.allowance.saturating_sub(b.len());
                             st.out.frames.push(b);
                         }
                     }

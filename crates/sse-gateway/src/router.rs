@@ -20,12 +20,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use uuid::Uuid;
 
+use crate::history::{self, Advance, GapCause, History, Resume};
 use crate::hook::DisconnectReason;
 use crate::queue::{PushError, StreamQueue};
 
@@ -191,13 +192,32 @@ pub(crate) enum Refused {
     Full,
 }
 
+/// How a new stream resumed (for counting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resumed {
+    /// No `Last-Event-ID`, or history off.
+    Fresh,
+    /// This many events were replayed (possibly none).
+    Replayed(usize),
+    /// A `gap` was written.
+    Gap(GapCause),
+}
+
 /// Token and routing-key index of every pending and open stream.
+///
+/// With history on, the history is locked (after the router lock, before
+/// any queue lock) around recording an event and pushing it to its streams,
+/// and around a new stream's replay and registration, so every stream sees
+/// events in cursor order with no gap and no duplicate at the seam.
 #[derive(Debug)]
 pub(crate) struct Router {
     state: RwLock<State>,
     queue_limit: usize,
     max_streams: usize,
     resume_ttl: Duration,
+    history: Option<Mutex<History>>,
+    /// The history's latest raw position (AMQP: a resume may wait for it).
+    position: tokio::sync::watch::Sender<u64>,
 }
 
 impl Router {
@@ -205,8 +225,81 @@ impl Router {
     /// at most `queue_limit` bytes each. With a non-zero `resume_ttl`, events
     /// for `connection.<request_id>` are held that long after the stream of
     /// that request_id went away unexpectedly.
-    pub(crate) fn new(queue_limit: usize, max_streams: usize, resume_ttl: Duration) -> Self {
-        Self { state: RwLock::default(), queue_limit, max_streams, resume_ttl }
+    /// With a `history`, events get cursors and holds are off (the history
+    /// covers what they did).
+    pub(crate) fn new(queue_limit: usize, max_streams: usize, resume_ttl: Duration, history: Option<History>) -> Self {
+        let resume_ttl = if history.is_some() { Duration::ZERO } else { resume_ttl };
+        Self {
+            state: RwLock::default(),
+            queue_limit,
+            max_streams,
+            resume_ttl,
+            history: history.map(Mutex::new),
+            position: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    fn history(&self) -> Option<MutexGuard<'_, History>> {
+        // Every history mutation completes or leaves it as it was.
+        self.history.as_ref().map(|h| h.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// True when events carry cursors.
+    pub(crate) fn has_history(&self) -> bool {
+        self.history.is_some()
+    }
+
+    /// Follows the history's raw position.
+    pub(crate) fn watch_position(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.position.subscribe()
+    }
+
+    /// The raw position a cursor names, when it is ahead of this history's
+    /// (another instance consumed further): the caller may wait for it.
+    pub(crate) fn ahead_of_history(&self, last_event_id: &str) -> Option<u64> {
+        let h = self.history()?;
+        let c = history::Cursor::parse(last_event_id)?;
+        (c.epoch == h.position().epoch && c.n > h.offset()).then_some(c.n)
+    }
+
+    /// The cursor of the latest event (what `ready` would carry now), when history is on.
+    pub(crate) fn history_position(&self) -> Option<String> {
+        Some(self.history()?.position().to_string())
+    }
+
+    /// The history's raw position (AMQP: the offset after the last one seen), when history is on.
+    pub(crate) fn history_offset(&self) -> Option<u64> {
+        Some(self.history()?.offset())
+    }
+
+    /// Open streams bound to `key` now.
+    pub(crate) fn bound(&self, key: &str) -> usize {
+        self.read().keys.get(key).map_or(0, HashMap::len)
+    }
+
+    /// Ends one open stream (`server_closed`) after what is queued; true if it was open.
+    pub(crate) fn send_control_close(&self, token: Uuid) -> bool {
+        self.send_inner(token, None, true, false) == SendOutcome::Delivered
+    }
+
+    /// Evicts old history and reports its size, when history is on.
+    pub(crate) fn sweep_history(&self, now: Instant) -> Option<history::HistoryStats> {
+        Some(self.history()?.sweep(now))
+    }
+
+    /// Moves the history past an offset that carries no event (AMQP).
+    /// Returns how many live streams got a `gap` because offsets were skipped.
+    pub(crate) fn advance_history(&self, n: u64) -> usize {
+        let st = self.read();
+        let Some(mut h) = self.history() else { return 0 };
+        let gaps = if h.advance(n) == Advance::Jumped { Self::gap_all(&st, &h) } else { 0 };
+        self.position.send_replace(h.offset());
+        gaps
+    }
+
+    fn gap_all(st: &State, h: &History) -> usize {
+        let frame = history::gap_frame(&h.position().to_string(), GapCause::Lost);
+        st.slots.values().filter(|s| matches!(s, Slot::Open(o) if o.queue.push(frame.clone()).is_ok())).count()
     }
 
     // Every mutation is a few map operations that cannot panic midway, so a
@@ -234,8 +327,18 @@ impl Router {
 
     /// Sends an encoded frame (if any) to a token, then closes it if asked.
     pub(crate) fn send(&self, token: Uuid, frame: Option<Bytes>, close: bool) -> SendOutcome {
+        self.send_inner(token, frame, close, true)
+    }
+
+    /// Like [`Router::send`] for a frame that is not an application event
+    /// (a `retry:` hint): never recorded in the history.
+    pub(crate) fn send_control(&self, token: Uuid, frame: Bytes, close: bool) -> SendOutcome {
+        self.send_inner(token, Some(frame), close, false)
+    }
+
+    fn send_inner(&self, token: Uuid, frame: Option<Bytes>, close: bool, event: bool) -> SendOutcome {
         let mut st = self.write();
-        let queue = match st.slots.get_mut(&token) {
+        let (queue, request_id) = match st.slots.get_mut(&token) {
             None => return SendOutcome::NotFound,
             Some(Slot::Pending(p)) => {
                 if p.close {
@@ -251,7 +354,7 @@ impl Router {
                 p.close = close;
                 return SendOutcome::Buffered;
             }
-            Some(Slot::Open(open)) => Arc::clone(&open.queue),
+            Some(Slot::Open(open)) => (Arc::clone(&open.queue), open.request_id.clone()),
         };
         drop(st);
         match queue.closing() {
@@ -259,8 +362,21 @@ impl Router {
             Some(DisconnectReason::Error) => return SendOutcome::WriteFailed,
             Some(_) => return SendOutcome::NotFound,
         }
+        // With history, an event is recorded (under its stream's connection
+        // key, so a resume replays it) and pushed under the history lock, in
+        // cursor order with publishes.
+        let mut h = if event && frame.is_some() { self.history() } else { None };
+        let frame = match (frame, h.as_mut()) {
+            (Some(f), Some(h)) => {
+                let key = request_id.map(|r| format!("connection.{r}"));
+                let recorded = h.record(None, key.as_deref(), &f, Instant::now()).map(|(f, _)| f);
+                self.position.send_replace(h.offset());
+                recorded
+            }
+            (f, _) => f,
+        };
         if let Some(f) = frame {
-            match queue.push_event(f, true) {
+            match queue.push_with(f, true, event) {
                 Ok(()) => {}
                 Err(PushError::Overflow) => return SendOutcome::Overflow,
                 Err(PushError::Closed(DisconnectReason::Error)) => return SendOutcome::WriteFailed,
@@ -285,10 +401,66 @@ impl Router {
             self.hold(key, frame, &mut result);
             return result;
         }
+        if let (Some(f), Some(mut h)) = (frame, self.history()) {
+            let Some((f, _)) = h.record(None, Some(key), f, Instant::now()) else { return result };
+            self.position.send_replace(h.offset());
+            let Some(streams) = st.keys.get(key) else { return result };
+            let write_through = streams.len() <= WRITE_THROUGH_MAX;
+            deliver_each(streams.values(), Some(&f), close, write_through, &mut result);
+            return result;
+        }
         let Some(streams) = st.keys.get(key) else { return result };
         let write_through = streams.len() <= WRITE_THROUGH_MAX;
         deliver_each(streams.values(), frame, close, write_through, &mut result);
         result
+    }
+
+    /// Delivers an event read from the cluster's history stream at raw
+    /// position `n` (AMQP): recorded under `key`, then pushed to the streams
+    /// bound to `key`, or only to `token` (a send) when given. A position
+    /// seen before is dropped; skipped positions give every live stream a
+    /// `gap` first. Returns the publish result and the gaps written.
+    pub(crate) fn publish_at(
+        &self,
+        n: u64,
+        key: &str,
+        frame: &[u8],
+        close: bool,
+        token: Option<Uuid>,
+    ) -> (Published, usize) {
+        let mut result = Published::default();
+        let st = self.read();
+        let Some(mut h) = self.history() else { return (result, 0) };
+        let Some((f, advance)) = h.record(Some(n), Some(key), frame, Instant::now()) else { return (result, 0) };
+        self.position.send_replace(h.offset());
+        let gaps = if advance == Advance::Jumped { Self::gap_all(&st, &h) } else { 0 };
+        match token {
+            Some(t) => {
+                if let Some(Slot::Open(o)) = st.slots.get(&t) {
+                    deliver_each(std::iter::once(&o.queue), Some(&f), close, true, &mut result);
+                }
+            }
+            None => {
+                if let Some(streams) = st.keys.get(key) {
+                    let write_through = streams.len() <= WRITE_THROUGH_MAX;
+                    deliver_each(streams.values(), Some(&f), close, write_through, &mut result);
+                }
+            }
+        }
+        (result, gaps)
+    }
+
+    /// The routing key a send to an open `token` is recorded under:
+    /// `connection.<request_id>`, or `token.<token>` for a stream without a
+    /// request_id (which no resume matches). `None` when it is not open.
+    pub(crate) fn send_key(&self, token: Uuid) -> Option<String> {
+        match self.read().slots.get(&token) {
+            Some(Slot::Open(o)) => Some(match &o.request_id {
+                Some(r) => format!("connection.{r}"),
+                None => format!("token.{token}"),
+            }),
+            _ => None,
+        }
     }
 
     fn hold(&self, key: &str, frame: Option<&Bytes>, result: &mut Published) {
@@ -306,56 +478,68 @@ impl Router {
         hold.frames.push(frame.clone());
         result.held = 1;
     }
+}
 
-    /// Turns a pending token into an open stream bound to `keys`, moving the
-    /// buffered frames into `queue`, then any events held for `request_id`,
-    /// followed by `ready`. With `ready: None` (its routing could not be set
-    /// up) the stream ends with `error` after the buffered events. A buffered
-    /// `close` ends it after them (`server_closed`), and so does a drain, in
-    /// which case `drain_hint` is written last.
+/// What a new stream is opened with.
+#[derive(Debug)]
+pub(crate) struct NewStream<'a> {
+    /// Its routing keys.
+    pub(crate) keys: Vec<String>,
+    pub(crate) request_id: Option<&'a str>,
+    pub(crate) peer: Option<SocketAddr>,
+    /// `ready` (after an optional `retry:` block); `None`: its routing could
+    /// not be set up, and it ends with `error` after the buffered events.
+    pub(crate) ready: Option<Bytes>,
+    /// The client's `Last-Event-ID` (used with history on).
+    pub(crate) last_event_id: Option<&'a str>,
+}
+
+impl Router {
+    /// Turns a pending token into an open stream bound to its keys, moving
+    /// the buffered frames into `queue`, then any events held for its
+    /// request_id, then (history on, with a `Last-Event-ID`) the replay or a
+    /// `gap`, followed by `ready` (with history: carrying the cursor it went
+    /// live at). A buffered `close` ends it after the buffered frames
+    /// (`server_closed`), and so does a drain, in which case `drain_hint` is
+    /// written last.
     ///
-    /// Returns how it opened and the key of a hold it took over (whose
-    /// reference the caller releases once the new stream's keys are bound).
+    /// Returns how it opened, the key of a hold it took over (whose
+    /// reference the caller releases once the new stream's keys are bound),
+    /// and how it resumed.
     pub(crate) fn open(
         &self,
         queue: &Arc<StreamQueue>,
-        keys: Vec<String>,
-        request_id: Option<&str>,
-        peer: Option<SocketAddr>,
-        ready: Option<Bytes>,
+        new: NewStream<'_>,
         drain_hint: impl FnOnce() -> Bytes,
-    ) -> (Opened, Option<Box<str>>) {
+    ) -> (Opened, Option<Box<str>>, Resumed) {
         let mut st = self.write();
         let mut taken = None;
-        if let Some(hold) = request_id.and_then(|r| st.holds.remove(r)) {
+        if let Some(hold) = new.request_id.and_then(|r| st.holds.remove(r)) {
             st.held_keys.remove(&hold.key);
             taken = Some(hold);
         }
         let taken_key = taken.as_ref().map(|h| h.key.clone());
-        (self.open_locked(&mut st, queue, keys, request_id, peer, ready, drain_hint, taken), taken_key)
+        let (opened, resumed) = self.open_locked(&mut st, queue, new, drain_hint, taken);
+        (opened, taken_key, resumed)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn open_locked(
         &self,
         st: &mut State,
         queue: &Arc<StreamQueue>,
-        keys: Vec<String>,
-        request_id: Option<&str>,
-        peer: Option<SocketAddr>,
-        ready: Option<Bytes>,
+        new: NewStream<'_>,
         drain_hint: impl FnOnce() -> Bytes,
         held: Option<Hold>,
-    ) -> Opened {
+    ) -> (Opened, Resumed) {
         let draining = st.draining;
         let token = queue.token();
         let pending = match st.slots.remove(&token) {
             Some(Slot::Pending(p)) => p,
             Some(other) => {
                 st.slots.insert(token, other);
-                return Opened::Gone;
+                return (Opened::Gone, Resumed::Fresh);
             }
-            None => return Opened::Gone,
+            None => return (Opened::Gone, Resumed::Fresh),
         };
         for f in pending.frames {
             // Cannot overflow: the pending buffer has the same bound as the queue.
@@ -363,11 +547,11 @@ impl Router {
         }
         if pending.close {
             queue.close(None, DisconnectReason::ServerClosed);
-            return Opened::Closing;
+            return (Opened::Closing, Resumed::Fresh);
         }
-        let Some(ready) = ready else {
+        let Some(ready) = new.ready else {
             queue.close(None, DisconnectReason::Error);
-            return Opened::Closing;
+            return (Opened::Closing, Resumed::Fresh);
         };
         for f in held.into_iter().flat_map(|h| h.frames) {
             // A hold and a pending buffer share one bound each; together they can
@@ -376,11 +560,41 @@ impl Router {
         }
         if draining {
             queue.close(Some(drain_hint()), DisconnectReason::ServerClosed);
-            return Opened::Closing;
+            return (Opened::Closing, Resumed::Fresh);
         }
+        let (ready, resumed) = match self.history() {
+            None => (ready, Resumed::Fresh),
+            Some(mut h) => {
+                let resumed = match new.last_event_id {
+                    None => Resumed::Fresh,
+                    Some(id) => {
+                        let mut keys = new.keys.clone();
+                        keys.extend(new.request_id.map(|r| format!("connection.{r}")));
+                        match h.resume(id, &keys, Instant::now()) {
+                            Resume::Replay(frames) => {
+                                let n = frames.len();
+                                queue.push_replay(frames);
+                                Resumed::Replayed(n)
+                            }
+                            Resume::Gap(cause) => {
+                                let _ = queue.push(history::gap_frame(id, cause));
+                                Resumed::Gap(cause)
+                            }
+                            // The caller waited for it already; it did not come.
+                            Resume::Ahead(_) => {
+                                let _ = queue.push(history::gap_frame(id, GapCause::Unknown));
+                                Resumed::Gap(GapCause::Unknown)
+                            }
+                        }
+                    }
+                };
+                let prefix = ready.strip_suffix(sse_wire::encode::READY).unwrap_or_default();
+                (history::ready_with_id(prefix, h.position()), resumed)
+            }
+        };
         let _ = queue.push(ready);
-        let mut bound: Vec<Box<str>> = Vec::with_capacity(keys.len());
-        for key in keys {
+        let mut bound: Vec<Box<str>> = Vec::with_capacity(new.keys.len());
+        for key in new.keys {
             let key: Box<str> = key.into_boxed_str();
             if bound.contains(&key) {
                 continue;
@@ -393,12 +607,12 @@ impl Router {
             Slot::Open(Open {
                 queue: Arc::clone(queue),
                 keys: bound.into_boxed_slice(),
-                request_id: request_id.map(Box::from),
-                peer,
+                request_id: new.request_id.map(Box::from),
+                peer: new.peer,
                 connected_at: SystemTime::now(),
             }),
         );
-        Opened::Live
+        (Opened::Live, resumed)
     }
 
     /// Forgets a token (pending or open).
@@ -576,28 +790,29 @@ mod tests {
 
     const READY: Bytes = Bytes::from_static(b"R");
 
+    fn new(keys: Vec<String>, request_id: Option<&str>) -> NewStream<'_> {
+        NewStream { keys, request_id, peer: None, ready: Some(READY), last_event_id: None }
+    }
+
     fn open(r: &Router, keys: &[&str]) -> (Uuid, Arc<StreamQueue>) {
         let t = Uuid::new_v4();
         r.register_pending(t).unwrap();
         let q = queue(t);
         let rid = keys.iter().find_map(|k| k.strip_prefix("connection."));
-        assert_eq!(
-            r.open(&q, keys.iter().map(|k| k.to_string()).collect(), rid, None, Some(READY), Bytes::new).0,
-            Opened::Live
-        );
+        assert_eq!(r.open(&q, new(keys.iter().map(|k| k.to_string()).collect(), rid), Bytes::new).0, Opened::Live);
         (t, q)
     }
 
     #[test]
     fn pending_sends_are_buffered_then_flushed_before_ready() {
-        let r = Router::new(1000, 10, Duration::ZERO);
+        let r = Router::new(1000, 10, Duration::ZERO, None);
         let t = Uuid::new_v4();
         assert_eq!(r.send(t, None, false), SendOutcome::NotFound);
         r.register_pending(t).unwrap();
         assert_eq!(r.send(t, Some(Bytes::from_static(b"1")), false), SendOutcome::Buffered);
         assert_eq!(r.send(t, Some(Bytes::from_static(b"2")), false), SendOutcome::Buffered);
         let q = queue(t);
-        assert_eq!(r.open(&q, vec![], None, None, Some(READY), Bytes::new).0, Opened::Live);
+        assert_eq!(r.open(&q, new(vec![], None), Bytes::new).0, Opened::Live);
         assert_eq!(q.queued_bytes(), 3);
         assert_eq!(r.send(t, Some(Bytes::from_static(b"3")), false), SendOutcome::Delivered);
         assert_eq!(r.counts(), (0, 1, 0));
@@ -605,20 +820,20 @@ mod tests {
 
     #[test]
     fn buffered_close_ends_the_stream_and_later_sends_are_not_found() {
-        let r = Router::new(1000, 10, Duration::ZERO);
+        let r = Router::new(1000, 10, Duration::ZERO, None);
         let t = Uuid::new_v4();
         r.register_pending(t).unwrap();
         assert_eq!(r.send(t, Some(Bytes::from_static(b"1")), true), SendOutcome::Buffered);
         assert_eq!(r.send(t, Some(Bytes::from_static(b"2")), false), SendOutcome::NotFound);
         let q = queue(t);
-        assert_eq!(r.open(&q, vec!["broadcast".into()], None, None, Some(READY), Bytes::new).0, Opened::Closing);
+        assert_eq!(r.open(&q, new(vec!["broadcast".into()], None), Bytes::new).0, Opened::Closing);
         assert_eq!(q.queued_bytes(), 1);
         assert_eq!(r.counts(), (0, 0, 0));
     }
 
     #[test]
     fn pending_buffer_is_bounded() {
-        let r = Router::new(4, 10, Duration::ZERO);
+        let r = Router::new(4, 10, Duration::ZERO, None);
         let t = Uuid::new_v4();
         r.register_pending(t).unwrap();
         assert_eq!(r.send(t, Some(Bytes::from_static(b"1234")), false), SendOutcome::Buffered);
@@ -627,7 +842,7 @@ mod tests {
 
     #[test]
     fn max_streams_counts_pending_and_open() {
-        let r = Router::new(100, 2, Duration::ZERO);
+        let r = Router::new(100, 2, Duration::ZERO, None);
         open(&r, &[]);
         r.register_pending(Uuid::new_v4()).unwrap();
         assert_eq!(r.register_pending(Uuid::new_v4()), Err(Refused::Full));
@@ -635,7 +850,7 @@ mod tests {
 
     #[test]
     fn publish_reaches_exactly_the_bound_streams_with_one_shared_buffer() {
-        let r = Router::new(1000, 10, Duration::ZERO);
+        let r = Router::new(1000, 10, Duration::ZERO, None);
         let (_, a) = open(&r, &["broadcast", "subject.alice"]);
         let (_, b) = open(&r, &["broadcast", "subject.bob", "broadcast"]);
         let frame = Bytes::from(b"data: x\n\n".to_vec());
@@ -653,7 +868,7 @@ mod tests {
 
     #[test]
     fn a_large_fan_out_reaches_every_stream_once() {
-        let r = Router::new(1000, 2000, Duration::ZERO);
+        let r = Router::new(1000, 2000, Duration::ZERO, None);
         let queues: Vec<_> = (0..WRITE_THROUGH_MAX + 1).map(|_| open(&r, &["broadcast"]).1).collect();
         let frame = Bytes::from_static(b"data: x\n\n");
         assert_eq!(r.publish("broadcast", Some(&frame), false).matched, WRITE_THROUGH_MAX + 1);
@@ -666,7 +881,7 @@ mod tests {
 
     #[test]
     fn removing_a_stream_unbinds_its_keys() {
-        let r = Router::new(1000, 10, Duration::ZERO);
+        let r = Router::new(1000, 10, Duration::ZERO, None);
         let (_, q) = open(&r, &["broadcast", "connection.r1"]);
         let (_, _) = open(&r, &["broadcast"]);
         assert_eq!(r.counts(), (0, 2, 2));
@@ -680,7 +895,7 @@ mod tests {
 
     #[test]
     fn publish_with_close_ends_the_streams() {
-        let r = Router::new(1000, 10, Duration::ZERO);
+        let r = Router::new(1000, 10, Duration::ZERO, None);
         let (t, q) = open(&r, &["connection.r1"]);
         assert_eq!(r.publish("connection.r1", None, true).matched, 1);
         assert_eq!(r.send(t, None, false), SendOutcome::NotFound);
@@ -695,7 +910,7 @@ mod tests {
 
     #[test]
     fn unexpected_end_holds_connection_events_until_the_request_id_returns() {
-        let r = Router::new(1000, 10, Duration::from_secs(60));
+        let r = Router::new(1000, 10, Duration::from_secs(60), None);
         let (_, q) = open(&r, &["broadcast", "connection.r1"]);
         let released = r.end_stream(&q, DisconnectReason::ClientClosed);
         assert_eq!(released, vec![Box::from("broadcast")], "the hold keeps connection.r1 bound");
@@ -706,7 +921,7 @@ mod tests {
         let t = Uuid::new_v4();
         r.register_pending(t).unwrap();
         let q2 = queue(t);
-        let (opened, taken) = r.open(&q2, vec!["connection.r1".into()], Some("r1"), None, Some(READY), Bytes::new);
+        let (opened, taken, _) = r.open(&q2, new(vec!["connection.r1".into()], Some("r1")), Bytes::new);
         assert_eq!((opened, taken.as_deref()), (Opened::Live, Some("connection.r1")));
         let mut out = Vec::new();
         q2.take_batch(&mut out, 64, std::task::Waker::noop());
@@ -715,7 +930,7 @@ mod tests {
 
     #[test]
     fn server_closed_streams_and_expired_holds_keep_nothing() {
-        let r = Router::new(1000, 10, Duration::from_millis(1));
+        let r = Router::new(1000, 10, Duration::from_millis(1), None);
         let (_, q) = open(&r, &["connection.a"]);
         assert_eq!(r.end_stream(&q, DisconnectReason::ServerClosed), vec![Box::from("connection.a")]);
         let (_, q) = open(&r, &["connection.b"]);
@@ -727,12 +942,12 @@ mod tests {
 
     #[test]
     fn draining_refuses_new_tokens_and_closes_late_opens() {
-        let r = Router::new(1000, 10, Duration::ZERO);
+        let r = Router::new(1000, 10, Duration::ZERO, None);
         let t = Uuid::new_v4();
         r.register_pending(t).unwrap();
         assert!(r.start_draining().is_empty());
         assert_eq!(r.register_pending(Uuid::new_v4()), Err(Refused::Draining));
         let q = queue(t);
-        assert_eq!(r.open(&q, vec![], None, None, Some(READY), || Bytes::from_static(b"retry")).0, Opened::Closing);
+        assert_eq!(r.open(&q, new(vec![], None), || Bytes::from_static(b"retry")).0, Opened::Closing);
     }
 }

@@ -32,6 +32,8 @@ pub(crate) const PUBLISH: &str = "/internal/publish";
 pub(crate) const STREAMS: &str = "/internal/streams";
 /// Close streams by key or token (admin, extension).
 pub(crate) const CLOSE: &str = "/internal/close";
+/// The history's current position (extension): what a snapshot is valid at.
+pub(crate) const HISTORY: &str = "/internal/history";
 /// Everything under this prefix belongs to the gateway.
 const INTERNAL_PREFIX: &str = "/internal";
 
@@ -47,6 +49,7 @@ pub(crate) enum Route {
     Publish,
     Streams,
     Close,
+    History,
     /// Opens an SSE stream.
     Stream,
     /// The embedding application's.
@@ -81,6 +84,7 @@ pub(crate) fn resolve(method: &Method, path: &str, listener: Listener, app_strea
         PUBLISH if post => return Route::Publish,
         STREAMS if get => return Route::Streams,
         CLOSE if post => return Route::Close,
+        HISTORY if get => return Route::History,
         _ => {}
     }
     let gateway_path = is_gateway_path(path);
@@ -115,6 +119,7 @@ mod tests {
         assert_eq!(r(Method::POST, "/internal/send"), Route::Send);
         assert_eq!(r(Method::GET, "/internal/streams"), Route::Streams);
         assert_eq!(r(Method::POST, "/internal/close"), Route::Close);
+        assert_eq!(r(Method::GET, "/internal/history"), Route::History);
         assert_eq!(r(Method::GET, "/internal/close"), Route::NotFound);
         assert_eq!(r(Method::GET, "/internal/send"), Route::NotFound);
         assert_eq!(r(Method::GET, "/internal/other"), Route::NotFound);

@@ -46,6 +46,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, public: TcpListener, internal: Op
         tokio::spawn(async move { shared.expiries.run(&shared.router, &shared.metrics).await })
     };
     let stalls = (!shared.config.stream_stall.is_zero()).then(|| tokio::spawn(stall_loop(Arc::clone(&shared))));
+    let history = shared.router.has_history().then(|| tokio::spawn(history_loop(Arc::clone(&shared))));
     let roster = match (&shared.hook, shared.config.roster_interval.is_zero()) {
         (Some(hook), false) => Some(tokio::spawn(roster_loop(Arc::clone(&shared), Arc::clone(hook)))),
         _ => None,
@@ -55,7 +56,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, public: TcpListener, internal: Op
     accept_loop(Arc::clone(&shared), public, Listener::Public, connections.clone()).await;
     heartbeat.abort();
     expiries.abort();
-    for task in [holds, roster, stalls].into_iter().flatten() {
+    for task in [holds, roster, stalls, history].into_iter().flatten() {
         task.abort();
     }
     drain(&shared, &connections).await;
@@ -116,8 +117,9 @@ async fn drain(shared: &Arc<Shared>, connections: &TaskTracker) {
     let callbacks_deadline = deadline.max(Instant::now() + shared.config.callback_timeout + Duration::from_secs(1));
     if tokio::time::timeout_at(callbacks_deadline, shared.tracker.wait()).await.is_err() {
         warn!(
+            unfinished = shared.disconnects.unfinished(),
             waiting_for_retry = shared.disconnects.waiting(),
-            "some disconnect callbacks did not finish before exit; the backend never heard them"
+            "some disconnect callbacks did not finish before exit; the backend may never hear them"
         );
     }
 }
@@ -133,6 +135,19 @@ async fn stall_loop(shared: Arc<Shared>) {
         for (token, peer, queue) in shared.router.stalled(std::time::Instant::now(), limit) {
             queue.stall();
             shared.metrics.emit(Event::StreamStalled { token, peer, waited: limit });
+        }
+    }
+}
+
+/// Evicts expired history once a second (appends evict too, but a quiet
+/// history must still age out) and publishes its size.
+async fn history_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(stats) = shared.router.sweep_history(std::time::Instant::now()) {
+            shared.metrics.emit(Event::HistorySwept(stats));
         }
     }
 }

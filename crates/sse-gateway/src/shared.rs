@@ -14,6 +14,7 @@ use crate::app::AppService;
 use crate::config::Config;
 use crate::disconnect::Disconnects;
 use crate::expiry::Expiries;
+use crate::history::{AMQP_EPOCH, History};
 use crate::hook::ConnectHook;
 use crate::metrics::Metrics;
 use crate::pacing::Pacing;
@@ -48,8 +49,13 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(config: Config, hook: Option<Arc<dyn ConnectHook>>, app: Option<(String, AppService)>) -> Self {
-        let router = Arc::new(Router::new(config.stream_queue_bytes, config.max_connections, config.resume_ttl));
-        let amqp = config.amqp.clone().map(Amqp::new);
+        let history = (!config.history.is_zero()).then(|| {
+            let epoch = if config.amqp.is_some() { AMQP_EPOCH } else { History::local_epoch() };
+            History::new(epoch, config.history, config.history_max_bytes)
+        });
+        let router =
+            Arc::new(Router::new(config.stream_queue_bytes, config.max_connections, config.resume_ttl, history));
+        let amqp = config.amqp.clone().map(|a| Amqp::new(a, config.history));
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
         let callbacks = Arc::new(Pacing::new(config.max_concurrent_callbacks, config.max_queued_connects));

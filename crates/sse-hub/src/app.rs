@@ -38,6 +38,13 @@ use crate::metrics::HubMetrics;
 pub const STREAM_PATH: &str = "/api/sse/stream";
 
 const DASHBOARD: &str = include_str!("dashboard.html");
+/// The dashboard's stream worker: the one stream all its tabs share.
+const DASHBOARD_WORKER: &str = include_str!("dashboard-worker.js");
+/// Where the page loads the worker from.
+const DASHBOARD_WORKER_PATH: &str = "/dashboard-worker.js";
+/// Replaced in the page by the worker's URL: a URL per worker version, so a
+/// page of a newer hub never talks to an older worker still serving old tabs.
+const WORKER_URL_PLACEHOLDER: &str = "__DASHBOARD_WORKER_URL__";
 
 /// Why the hub cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -112,8 +119,28 @@ pub fn app_service(router: axum::Router) -> AppService {
     })
 }
 
+/// FNV-1a of `text`: a short, stable version tag (not a security measure).
+fn content_tag(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
+}
+
+/// The page, with the worker's versioned URL filled in.
+fn dashboard_page() -> &'static str {
+    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PAGE.get_or_init(|| {
+        let url = format!("{DASHBOARD_WORKER_PATH}?v={}", content_tag(DASHBOARD_WORKER));
+        DASHBOARD.replace(WORKER_URL_PLACEHOLDER, &url)
+    })
+}
+
 async fn dashboard() -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], DASHBOARD)
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], dashboard_page())
+        .into_response()
+}
+
+async fn dashboard_worker() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], DASHBOARD_WORKER)
         .into_response()
 }
 
@@ -162,7 +189,7 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
     let subscriptions = Subscriptions::new(manager.clone());
     let logs = DeviceLogs::new(subscriptions.clone(), identity.clone(), metrics.clone());
     let rotation = Rotation::new(manager.clone(), metrics.clone());
-    let leases = LeaseService::new(dnsmasq, manager.clone(), metrics.clone());
+    let leases = LeaseService::new(dnsmasq, manager.clone(), metrics.clone(), cfg.lease_snapshot_threshold);
     leases.load_initial().await;
     tracing::info!(file = %leases.lease_file().display(), leases = leases.leases().len(), "lease file loaded");
 
@@ -203,6 +230,7 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
     };
     let mut router = axum::Router::new()
         .route("/", get(dashboard))
+        .route(DASHBOARD_WORKER_PATH, get(dashboard_worker))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/internal/metrics", metrics_route.clone())
         .merge(leases.router())
@@ -228,6 +256,7 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
         let gw_config = sse_gateway::Config {
             listen: addr,
             heartbeat_interval: Duration::from_secs(cfg.heartbeat_interval_seconds),
+            stream_queue_bytes: cfg.stream_queue_bytes,
             internal_api_secret: cfg.internal_api_secret.clone(),
             tls: cfg.tls.clone(),
             resume_ttl: amqp.as_ref().map_or(Duration::ZERO, |a| a.queue_ttl),
@@ -240,6 +269,7 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
             // retry: is jittered so a restart's reconnects spread out.
             retry_on_backend_failure: true,
             open_retry_jitter: Some((1_000, 5_000)),
+            history: Duration::from_secs(cfg.history_seconds),
             ..sse_gateway::Config::default()
         };
         let gateway = Gateway::builder(gw_config)
@@ -264,7 +294,16 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
 
 #[cfg(test)]
 mod tests {
-    use super::local_url;
+    use super::{WORKER_URL_PLACEHOLDER, content_tag, dashboard_page, local_url};
+
+    #[test]
+    fn the_page_names_the_worker_by_a_url_that_changes_with_its_content() {
+        let page = dashboard_page();
+        assert!(!page.contains(WORKER_URL_PLACEHOLDER));
+        assert!(page.contains(&format!("/dashboard-worker.js?v={}", content_tag(super::DASHBOARD_WORKER))));
+        assert_ne!(content_tag("a"), content_tag("b"));
+        assert_eq!(content_tag("a").len(), 16);
+    }
 
     #[test]
     fn local_url_turns_an_unspecified_address_into_loopback() {

@@ -43,10 +43,13 @@ pub mod settings {
         SSE_HUB_DATA_DIR = "SSE_HUB_DATA_DIR", "data-dir", Some("./sse-hub-data"), "Data directory; the demo dnsmasq.conf (dhcp-leasefile=dnsmasq.leases) and dnsmasq.leases are created in it when absent";
         DNSMASQ_CONFIG_FILE_PATH = "DNSMASQ_CONFIG_FILE_PATH", "dnsmasq-config", None, "dnsmasq main configuration, its relative paths resolved against its own directory (unset: dnsmasq.conf in the data directory)";
         LEASE_POLL_SECONDS = "LEASE_POLL_SECONDS", "lease-poll-seconds", Some("30"), "Re-read the lease file this often even without a file event, seconds; 0: never";
+        LEASE_SNAPSHOT_THRESHOLD = "LEASE_SNAPSHOT_THRESHOLD", "lease-snapshot-threshold", Some("100"), "A reload or expiry check that changes more than this many leases sends one leases_snapshot event (the whole list) instead of one event per change; 0: always a snapshot";
         INTERNAL_API_SECRET = "INTERNAL_API_SECRET", "internal-api-secret", None, "Bearer secret of the internal routes (/internal/*); unset: only loopback clients may call them";
         shared gateway::TLS_CERT_FILE;
         shared gateway::TLS_KEY_FILE;
         changed gateway::HEARTBEAT_INTERVAL_SECONDS, gateway::HEARTBEAT_INTERVAL_SECONDS.default, "Period of the in-process gateway's `: heartbeat` comment, seconds (at least 1)";
+        changed gateway::HISTORY_SECONDS, Some("300"), "Resumable streams of the in-process gateway: events keep an id: and stay replayable this long, so a page that reconnects (network blip, hub restart with RabbitMQ) misses nothing or is told (event: gap); 0 = off";
+        changed gateway::STREAM_QUEUE_BYTES, Some("16777216"), "Bytes that may wait for one slow client of the in-process gateway before its stream is closed (a leases_snapshot of a large lease file must fit: about 250 bytes a lease)";
         changed backend::SSE_GATEWAY_URL, None, "Use an external gateway at this URL instead of the in-process one: the hub then serves POST /api/sse/callback and sends over HTTP";
         shared backend::SSE_GATEWAY_SECRET;
         shared backend::SSE_GATEWAY_PUBLISH;
@@ -109,10 +112,16 @@ pub struct HubConfig {
     pub dnsmasq_config: Option<PathBuf>,
     /// `LEASE_POLL_SECONDS` (0: never poll).
     pub lease_poll_seconds: u64,
+    /// `LEASE_SNAPSHOT_THRESHOLD`: more changes than this at once are sent as one snapshot.
+    pub lease_snapshot_threshold: usize,
     /// `INTERNAL_API_SECRET`; `None`: internal routes are loopback-only.
     pub internal_api_secret: Option<String>,
     /// `HEARTBEAT_INTERVAL_SECONDS` of the in-process gateway (at least 1).
     pub heartbeat_interval_seconds: u64,
+    /// `HISTORY_SECONDS` of the in-process gateway (0: off).
+    pub history_seconds: u64,
+    /// `STREAM_QUEUE_BYTES` of the in-process gateway (at least 1).
+    pub stream_queue_bytes: usize,
     /// `SSE_GATEWAY_URL` (with `SSE_GATEWAY_SECRET`, `SSE_GATEWAY_PUBLISH`):
     /// an external gateway; `None`: the gateway runs in-process.
     pub external_gateway: Option<HttpBroadcasterConfig>,
@@ -283,8 +292,17 @@ impl HubConfig {
             data_dir: PathBuf::from(r.defaulted(s::SSE_HUB_DATA_DIR)?),
             dnsmasq_config: r.text(s::DNSMASQ_CONFIG_FILE_PATH).map(PathBuf::from),
             lease_poll_seconds: r.number(s::LEASE_POLL_SECONDS, 0, "a number of seconds (0: never)")?,
+            lease_snapshot_threshold: usize::try_from(r.number(
+                s::LEASE_SNAPSHOT_THRESHOLD,
+                0,
+                "a number of leases (0: always a snapshot)",
+            )?)
+            .unwrap_or(usize::MAX),
             internal_api_secret: r.text(s::INTERNAL_API_SECRET),
             heartbeat_interval_seconds: r.number(s::HEARTBEAT_INTERVAL_SECONDS, 1, "a number of seconds >= 1")?,
+            history_seconds: r.number(s::HISTORY_SECONDS, 0, "a number of seconds (0: off)")?,
+            stream_queue_bytes: usize::try_from(r.number(s::STREAM_QUEUE_BYTES, 1, "a number of bytes >= 1")?)
+                .unwrap_or(usize::MAX),
             external_gateway: r.text(s::SSE_GATEWAY_URL).map(|_| backend.gateway),
             callback: backend.callback,
             amqp: AmqpConfig::from_lookup(&lookup)?,
@@ -351,6 +369,7 @@ mod tests {
         assert_eq!(cfg.data_dir, PathBuf::from("./sse-hub-data"));
         assert_eq!(cfg.dnsmasq_config_path(), PathBuf::from("./sse-hub-data/dnsmasq.conf"));
         assert_eq!((cfg.lease_poll_seconds, cfg.heartbeat_interval_seconds), (30, 15));
+        assert_eq!((cfg.lease_snapshot_threshold, cfg.stream_queue_bytes), (100, 16 << 20));
         assert_eq!(cfg.graceful_shutdown_timeout, Duration::from_secs(30), "the hub's own default, not the toolkit's");
         assert_eq!(
             (cfg.tasks.max_workers, cfg.tasks.timeout.as_secs(), cfg.tasks.cleanup_interval.as_secs()),
@@ -390,6 +409,7 @@ mod tests {
         assert_eq!(s::GRACEFUL_SHUTDOWN_TIMEOUT.default, Some("30"));
         assert_eq!(backend::GRACEFUL_SHUTDOWN_TIMEOUT.default, Some("600"));
         assert_eq!(s::SSE_GATEWAY_URL.default, None);
+        assert_eq!(s::STREAM_QUEUE_BYTES.default, Some("16777216"), "lease snapshots must fit");
         // Everything else shared keeps the toolkit's or the gateway's entry.
         let shared = [backend::SETTINGS, sse_gateway::SETTINGS].concat();
         for setting in SETTINGS {
@@ -419,6 +439,8 @@ mod tests {
             ("PORT", "65536"),
             ("HOST", "localhost:1"),
             ("LEASE_POLL_SECONDS", "-1"),
+            ("LEASE_SNAPSHOT_THRESHOLD", "many"),
+            ("STREAM_QUEUE_BYTES", "0"),
             ("HEARTBEAT_INTERVAL_SECONDS", "0"),
             ("MQTT_URL", "mqtts://broker"),
             ("TASK_TIMEOUT_SECONDS", "soon"),

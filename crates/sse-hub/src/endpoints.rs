@@ -18,19 +18,40 @@ pub struct Endpoint {
 
 /// The routes, in the order `--help` lists them.
 pub const ENDPOINTS: &[Endpoint] = &[
-    Endpoint { method: "GET", path: "/", what: "the live dashboard", example: "curl localhost:8080/" },
+    Endpoint {
+        method: "GET",
+        path: "/",
+        what: "the live dashboard (any number of tabs share one stream through its worker)",
+        example: "curl localhost:8080/",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/dashboard-worker.js",
+        what: "the dashboard's stream worker: a SharedWorker holding the one stream of all the dashboard's \
+               tabs in a browser",
+        example: "curl localhost:8080/dashboard-worker.js",
+    },
     Endpoint {
         method: "GET",
         path: "/api/sse/stream",
-        what: "an event stream (?request_id=ID: the id the push and subscribe routes name); events are \
-               {\"type\",\"payload\"} envelopes",
-        example: "curl -N 'localhost:8080/api/sse/stream?request_id=r1'",
+        what: "an event stream (?request_id=ID: the id the push and subscribe routes name; &snapshot=leases: a \
+               leases_snapshot of every lease before ready); events are {\"type\",\"payload\"} envelopes",
+        example: "curl -N 'localhost:8080/api/sse/stream?request_id=r1&snapshot=leases'",
     },
     Endpoint {
         method: "GET",
         path: "/api/dhcp/leases",
         what: "the current leases (also /api/dhcp/pools and /api/dhcp/pools/usage)",
         example: "curl localhost:8080/api/dhcp/leases",
+    },
+    Endpoint {
+        method: "POST",
+        path: "/api/dhcp/leases/snapshot",
+        what: "send a leases_snapshot (every lease, with the seq of the last lease event) to one stream, as a \
+               page does after it missed events -> 202 {\"request_id\",\"delivered\"}; 404 when no such stream \
+               is open",
+        example: "curl -X POST localhost:8080/api/dhcp/leases/snapshot -H 'Content-Type: application/json' \
+                  -d '{\"request_id\":\"r1\"}'",
     },
     Endpoint {
         method: "POST",

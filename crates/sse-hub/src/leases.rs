@@ -12,14 +12,32 @@
 //! Reloads and expiry checks are serialised by one async mutex (so events
 //! leave in the order the snapshots were taken); the snapshot itself is
 //! behind a std mutex held only for the diff, never across a send.
+//!
+//! Every lease event carries `seq`, the number of the lease state it leads
+//! to: each change event adds one, and a reload that changes more than
+//! `LEASE_SNAPSHOT_THRESHOLD` leases sends one `leases_snapshot` (the whole
+//! list, one step) instead of one event per change. A stream opened with
+//! `snapshot=leases` gets a `leases_snapshot` of the current state before
+//! `ready`, and `POST /api/dhcp/leases/snapshot` sends one to a stream on
+//! demand; both are taken under the same mutex as the changes, so a client
+//! applies the deltas with a larger `seq` and drops the rest, and knows it
+//! missed one when the `seq` jumps. `seq` starts at the process's start time
+//! in microseconds (below 2^53, exact in JavaScript), so it only grows
+//! across restarts.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sse_backend::ConnectionManager;
 use sse_backend::broadcaster::Event;
@@ -35,6 +53,11 @@ use crate::metrics::HubMetrics;
 const MAX_EXPIRY_SLEEP: Duration = Duration::from_secs(60);
 /// Quiet time after a file event before the file is read.
 const FILE_EVENT_SETTLE: Duration = Duration::from_millis(100);
+/// The event carrying the whole lease list.
+pub const SNAPSHOT_EVENT: &str = "leases_snapshot";
+/// The stream query parameter (`snapshot=leases`) asking for a
+/// [`SNAPSHOT_EVENT`] before `ready`.
+pub const SNAPSHOT_QUERY: &str = "snapshot=leases";
 
 /// A re-read that did not replace the snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +85,11 @@ struct Inner {
     lease_file: PathBuf,
     manager: ConnectionManager,
     metrics: HubMetrics,
+    /// `LEASE_SNAPSHOT_THRESHOLD`.
+    snapshot_threshold: usize,
     detector: Mutex<ChangeDetector<Lease>>,
+    /// `seq` of the last lease event sent (changed only under `order`).
+    seq: AtomicU64,
     /// Serialises reloads and expiry checks (held across the sends on purpose:
     /// it orders events; nothing else waits on it).
     order: tokio::sync::Mutex<()>,
@@ -92,22 +119,78 @@ fn event_name(c: &Change<Lease>) -> &'static str {
     }
 }
 
+/// True when a stream URL asks for the lease snapshot ([`SNAPSHOT_QUERY`]).
+fn wants_snapshot(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, q)| q.split('&').any(|kv| kv == SNAPSHOT_QUERY))
+}
+
 impl LeaseService {
-    /// A service over `config` (whose lease file must be set); nothing is read yet.
-    pub fn new(config: DnsmasqConfig, manager: ConnectionManager, metrics: HubMetrics) -> Self {
+    /// A service over `config` (whose lease file must be set); nothing is read
+    /// yet. A reload changing more than `snapshot_threshold` leases sends one
+    /// [`SNAPSHOT_EVENT`] instead of one event per change. Streams opened with
+    /// [`SNAPSHOT_QUERY`] get a snapshot before `ready`.
+    pub fn new(
+        config: DnsmasqConfig,
+        manager: ConnectionManager,
+        metrics: HubMetrics,
+        snapshot_threshold: usize,
+    ) -> Self {
         let lease_file = config.lease_file.clone().unwrap_or_default();
-        Self {
+        let svc = Self {
             inner: Arc::new(Inner {
                 config,
                 lease_file,
-                manager,
+                manager: manager.clone(),
                 metrics,
+                snapshot_threshold,
                 detector: Mutex::new(ChangeDetector::new()),
+                seq: AtomicU64::new(seq_base()),
                 order: tokio::sync::Mutex::new(()),
                 snapshot_changed: Notify::new(),
                 file_changed: Arc::new(Notify::new()),
             }),
-        }
+        };
+        // Weak: the manager owns the observer, the service owns the manager.
+        let weak = Arc::downgrade(&svc.inner);
+        manager.register_on_connect(move |rid| {
+            let weak = weak.clone();
+            async move {
+                let Some(inner) = weak.upgrade() else { return };
+                let svc = LeaseService { inner };
+                let asked = svc.inner.manager.connection_info(&rid).is_some_and(|c| wants_snapshot(&c.url));
+                if asked {
+                    // The stream is not open yet: the gateway writes this before `ready`.
+                    svc.send_snapshot(&rid).await;
+                }
+            }
+        });
+        svc
+    }
+
+    /// Sends a [`SNAPSHOT_EVENT`] of the current state (its `seq` is the last
+    /// event's) to one stream; false when it is not connected or the send failed.
+    pub async fn send_snapshot(&self, request_id: &str) -> bool {
+        let _order = self.inner.order.lock().await;
+        let event = self.snapshot_event(self.inner.seq.load(Ordering::SeqCst));
+        self.inner.metrics.count_lease_event(SNAPSHOT_EVENT);
+        self.inner.manager.send_to(request_id, &event, "dhcp").await
+    }
+
+    fn snapshot_event(&self, seq: u64) -> Event {
+        let now = now_secs();
+        let leases: Vec<Value> = self.detector().items().map(|l| l.to_json(now)).collect();
+        let payload = json!({"event_type": SNAPSHOT_EVENT, "seq": seq, "leases": leases, "timestamp": now_iso()});
+        Event::json(SNAPSHOT_EVENT, &payload)
+    }
+
+    /// The `seq` of the next event (call with `order` held).
+    ///
+    /// Numbers start at the process's start time in microseconds, so a later
+    /// process's events always count higher: with RabbitMQ the gateway's
+    /// history outlives a restart, and a page replayed the old process's
+    /// lease events after the new process's snapshot drops them.
+    fn next_seq(&self) -> u64 {
+        self.inner.seq.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     fn detector(&self) -> MutexGuard<'_, ChangeDetector<Lease>> {
@@ -180,17 +263,32 @@ impl LeaseService {
         n
     }
 
+    /// Sends `changes` (call with `order` held): one event each, or one
+    /// snapshot when there are more than the threshold.
     async fn emit(&self, changes: Vec<Change<Lease>>, always_data_changed: bool) {
         let now = now_secs();
         let any = !changes.is_empty();
-        for change in changes {
-            let name = event_name(&change);
-            let lease = match &change {
-                Change::Added(l) | Change::Removed(l) | Change::Updated(l) | Change::Expired(l) => l,
-            };
-            let payload = json!({"event_type": name, "lease": lease.to_json(now), "timestamp": now_iso()});
-            self.inner.metrics.count_lease_event(name);
-            self.inner.manager.broadcast(&Event::json(name, &payload), None, "dhcp").await;
+        if changes.len() > self.inner.snapshot_threshold {
+            tracing::info!(
+                changes = changes.len(),
+                threshold = self.inner.snapshot_threshold,
+                "many lease changes at once: sending one snapshot"
+            );
+            let event = self.snapshot_event(self.next_seq());
+            self.inner.metrics.count_lease_event(SNAPSHOT_EVENT);
+            self.inner.manager.broadcast(&event, None, "dhcp").await;
+        } else {
+            for change in changes {
+                let name = event_name(&change);
+                let lease = match &change {
+                    Change::Added(l) | Change::Removed(l) | Change::Updated(l) | Change::Expired(l) => l,
+                };
+                let seq = self.next_seq();
+                let payload =
+                    json!({"event_type": name, "seq": seq, "lease": lease.to_json(now), "timestamp": now_iso()});
+                self.inner.metrics.count_lease_event(name);
+                self.inner.manager.broadcast(&Event::json(name, &payload), None, "dhcp").await;
+            }
         }
         if any || always_data_changed {
             self.inner.metrics.count_lease_event("data_changed");
@@ -294,10 +392,11 @@ impl LeaseService {
     }
 
     /// `GET /api/dhcp/leases`, `/api/dhcp/pools`, `/api/dhcp/pools/usage`,
-    /// `POST /internal/notify-lease-change`.
+    /// `POST /api/dhcp/leases/snapshot`, `POST /internal/notify-lease-change`.
     pub fn router(&self) -> axum::Router {
         axum::Router::new()
             .route("/api/dhcp/leases", get(leases_route))
+            .route("/api/dhcp/leases/snapshot", post(snapshot_route))
             .route("/api/dhcp/pools", get(pools_route))
             .route("/api/dhcp/pools/usage", get(usage_route))
             .route("/internal/notify-lease-change", post(notify_route))
@@ -308,6 +407,30 @@ impl LeaseService {
 async fn leases_route(State(svc): State<LeaseService>) -> Json<Value> {
     let now = now_secs();
     Json(Value::Array(svc.leases().iter().map(|l| l.to_json(now)).collect()))
+}
+
+/// Body of `POST /api/dhcp/leases/snapshot`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotRequest {
+    request_id: String,
+}
+
+/// `POST /api/dhcp/leases/snapshot {"request_id"}`: a [`SNAPSHOT_EVENT`] on
+/// that stream (what a page does when it missed events) -> 202
+/// `{"request_id","delivered":true}`; 404 when no such stream is open, 400
+/// for a bad body.
+async fn snapshot_route(State(svc): State<LeaseService>, body: Bytes) -> Response {
+    let error = |status: StatusCode, message: String| (status, Json(json!({"error": message}))).into_response();
+    let req: SnapshotRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("Invalid payload: {e}")),
+    };
+    if !svc.inner.manager.has_connection(&req.request_id) {
+        return error(StatusCode::NOT_FOUND, format!("no open stream with request_id {:?}", req.request_id));
+    }
+    let delivered = svc.send_snapshot(&req.request_id).await;
+    (StatusCode::ACCEPTED, Json(json!({"request_id": req.request_id, "delivered": delivered}))).into_response()
 }
 
 async fn pools_route(State(svc): State<LeaseService>) -> Json<Value> {
@@ -327,4 +450,25 @@ async fn notify_route(State(svc): State<LeaseService>) -> Json<Value> {
         "message": "Lease change notification processed successfully",
         "reloaded": reloaded,
     }))
+}
+
+/// The first `seq` of this process: now in microseconds since the epoch.
+fn seq_base() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(now.as_micros()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_snapshot;
+
+    #[test]
+    fn only_the_exact_query_parameter_asks_for_the_snapshot() {
+        assert!(wants_snapshot("/api/sse/stream?request_id=r1&snapshot=leases"));
+        assert!(wants_snapshot("/api/sse/stream?snapshot=leases"));
+        assert!(!wants_snapshot("/api/sse/stream?request_id=r1"));
+        assert!(!wants_snapshot("/api/sse/stream?request_id=snapshot=leases"));
+        assert!(!wants_snapshot("/snapshot=leases"));
+        assert!(!wants_snapshot("/api/sse/stream?snapshot=leasesx"));
+    }
 }

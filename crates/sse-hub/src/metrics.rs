@@ -10,7 +10,8 @@ use prometheus_client::registry::Registry;
 /// `event` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
-    /// `lease_added`, `lease_updated`, `lease_removed`, `lease_expired`, `data_changed`.
+    /// `lease_added`, `lease_updated`, `lease_removed`, `lease_expired`, `data_changed`,
+    /// `leases_snapshot` (bulk changes and snapshots sent to one stream).
     pub event: String,
 }
 

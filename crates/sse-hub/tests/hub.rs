@@ -260,3 +260,139 @@ async fn rotation_nudge_reaches_every_stream_and_internal_routes_are_open_on_loo
     let mut hub = hub;
     assert_eq!(hub.process.terminate().await, 0, "graceful exit");
 }
+
+/// Lease lines `10.9.{i/250}.{i%250+1}`, `n` of them from `from` on.
+fn lease_lines(from: usize, n: usize) -> String {
+    let expiry = now_secs() + 3600;
+    (from..from + n)
+        .map(|i| {
+            format!(
+                "{expiry} 02:09:00:00:{:02x}:{:02x} 10.9.{}.{} many-{i} *\n",
+                i / 250,
+                i % 250,
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect()
+}
+
+fn append_all(file: &std::path::Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(file).expect("open lease file");
+    f.write_all(text.as_bytes()).expect("append in one write");
+}
+
+fn ips(list: &Value) -> Vec<String> {
+    let mut ips: Vec<String> =
+        list.as_array().expect("a list").iter().map(|l| l["ip_address"].as_str().unwrap_or("").to_owned()).collect();
+    ips.sort();
+    ips
+}
+
+#[tokio::test]
+async fn a_stream_asking_for_the_lease_snapshot_gets_it_before_ready_and_later_events_carry_the_next_seq() {
+    let hub = Hub::start(&[], &[]).await;
+    let (mut c, before) = hub.open("snap1&snapshot=leases").await;
+    let snapshots: Vec<&Value> = before.iter().filter(|(t, _)| t == "leases_snapshot").map(|(_, p)| p).collect();
+    assert_eq!(snapshots.len(), 1, "one snapshot before ready: {before:?}");
+    let snap = snapshots[0];
+    assert_eq!(snap["event_type"], "leases_snapshot");
+    assert_eq!(ips(&snap["leases"]), ips(&hub.get("/api/dhcp/leases").await.json()), "every lease");
+    assert_eq!(snap["leases"], hub.get("/api/dhcp/leases").await.json(), "in the lease JSON of the API");
+    let seq = snap["seq"].as_u64().expect("seq");
+
+    append_line(&hub.leases_file(), &format!("{} 02:00:00:00:aa:31 192.168.1.131 seqbox *", now_secs() + 3600));
+    let (p, skipped) = wait_for(&mut c, "lease_added").await;
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!((p["seq"].as_u64(), &p["lease"]["hostname"]), (Some(seq + 1), &json!("seqbox")));
+
+    // A later stream's snapshot has the seq of that last event; a stream
+    // without the parameter gets none.
+    let (_b, before) = hub.open("snap2&snapshot=leases").await;
+    let (_, snap) = before.iter().find(|(t, _)| t == "leases_snapshot").expect("snapshot");
+    assert_eq!(snap["seq"].as_u64(), Some(seq + 1));
+    assert!(snap["leases"].as_array().is_some_and(|l| l.iter().any(|l| l["hostname"] == "seqbox")));
+    let (_d, before) = hub.open("snap3").await;
+    assert!(before.iter().all(|(t, _)| t != "leases_snapshot"), "{before:?}");
+}
+
+#[tokio::test]
+async fn a_reload_changing_more_than_the_threshold_sends_one_snapshot_instead_of_an_event_per_lease() {
+    let hub = Hub::start(&["--lease-snapshot-threshold", "3", "--lease-poll-seconds", "0"], &[]).await;
+    let (mut c, _) = hub.open("bulk1").await;
+    let file = hub.leases_file();
+
+    // Three changes (not more than the threshold): one event each, seq by seq.
+    append_all(&file, &lease_lines(0, 3));
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let (ty, p) = next_app(&mut c).await;
+        assert_eq!(ty, "lease_added", "{p}");
+        seqs.push(p["seq"].as_u64().expect("seq"));
+    }
+    assert_eq!(next_app(&mut c).await.0, "data_changed");
+    assert_eq!(seqs, vec![seqs[0], seqs[0] + 1, seqs[0] + 2], "consecutive");
+
+    // Four: one snapshot with every lease, one step further, then data_changed.
+    append_all(&file, &lease_lines(3, 4));
+    let (ty, p) = next_app(&mut c).await;
+    assert_eq!(ty, "leases_snapshot", "instead of four lease_added: {p}");
+    assert_eq!(p["seq"].as_u64(), Some(seqs[2] + 1));
+    assert_eq!(ips(&p["leases"]), ips(&hub.get("/api/dhcp/leases").await.json()));
+    assert!(p["leases"].as_array().is_some_and(|l| l.iter().any(|l| l["hostname"] == "many-6")));
+    assert_eq!(next_app(&mut c).await.0, "data_changed");
+    assert_eq!(hub.metric("sse_hub_lease_events_total{event=\"leases_snapshot\"}").await, 1.0);
+    assert_eq!(hub.metric("sse_hub_lease_events_total{event=\"lease_added\"}").await, 3.0);
+}
+
+#[tokio::test]
+async fn the_snapshot_route_sends_the_snapshot_on_that_stream_only() {
+    let hub = Hub::start(&[], &[]).await;
+    let (mut a, _) = hub.open("sr-a").await;
+    let (mut b, _) = hub.open("sr-b").await;
+    let r = hub.post("/api/dhcp/leases/snapshot", &json!({"request_id": "sr-a"})).await;
+    assert_eq!((r.status, r.json()), (202, json!({"request_id": "sr-a", "delivered": true})));
+    let (p, skipped) = wait_for(&mut a, "leases_snapshot").await;
+    assert!(skipped.is_empty(), "{skipped:?}");
+    assert_eq!(ips(&p["leases"]), ips(&hub.get("/api/dhcp/leases").await.json()));
+    let base = p["seq"].as_u64().expect("seq");
+    assert!(base > 1_700_000_000_000_000, "no lease event yet: seq is the process's start in µs, {base}");
+
+    assert_eq!(hub.post("/api/dhcp/leases/snapshot", &json!({"request_id": "nobody"})).await.status, 404);
+    assert_eq!(hub.post("/api/dhcp/leases/snapshot", &json!({})).await.status, 400);
+    // b got nothing: its next event is the barrier.
+    assert_eq!(hub.post("/internal/rotation-nudge", &json!({})).await.status, 200);
+    assert_eq!(next_app(&mut b).await.0, "rotation-updated");
+}
+
+#[tokio::test]
+async fn a_stream_dropped_as_a_slow_consumer_is_logged_as_a_warning_with_its_token_and_request_id() {
+    let hub = Hub::start(&["--stream-queue-bytes", "65536", "--lease-poll-seconds", "0"], &[]).await;
+    // A lease file whose snapshot is bigger than the stream queue.
+    append_all(&hub.leases_file(), &lease_lines(0, 1000));
+    assert_eq!(hub.post("/internal/notify-lease-change", &json!({})).await.json()["reloaded"], true);
+    // A client that reads nothing after `ready`, with a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket.connect(hub.addr()).await.expect("connect");
+    let mut c = sse_testkit::SseClient::open_on(tcp, hub.addr(), "GET", "/api/sse/stream?request_id=slow1", &[]).await;
+    within("ready", async { while c.next_event().await.event_type != "ready" {} }).await;
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let r = hub.post("/api/dhcp/leases/snapshot", &json!({"request_id": "slow1"})).await;
+        answers.push(r.status);
+        if r.status != 202 || r.json()["delivered"] != true {
+            break;
+        }
+    }
+    let line = hub.process.wait_for_log("closed a stream with error").await;
+    assert!(
+        line.contains("WARN") && line.contains("token=") && line.contains("request_id=slow1"),
+        "a warning naming the token and the request_id: {line}"
+    );
+    let gateway = hub.process.wait_for_log("closed streams whose clients did not keep up").await;
+    assert!(gateway.contains("WARN"), "{gateway}");
+    assert!(answers.len() < 20, "the queue bound was hit: {answers:?}");
+    drop(c);
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
@@ -41,6 +41,9 @@ impl AmqpPublisher {
     pub async fn connect(url: &str, exchange: &str) -> AmqpPublisher {
         let conn = Connection::connect(url, ConnectionProperties::default()).await.expect("connect to RabbitMQ");
         let channel = conn.create_channel().await.expect("channel");
+        // Confirms: a publish returns once the broker has the message, so a
+        // test's publishes are ordered with whatever it does next.
+        channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
         channel
             .exchange_declare(
                 exchange.into(),
