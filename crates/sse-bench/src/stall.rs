@@ -243,6 +243,7 @@ pub async fn run(args: StallArgs, dialer: Arc<Dialer>) -> anyhow::Result<StallRe
         connect_concurrency: args.connect_concurrency,
         ready_timeout: Duration::from_secs(30),
         expected_seqs: Some(count),
+        h2: None,
     };
     let fleet = Fleet::launch(spec, Arc::clone(&dialer));
     fleet.wait_open().await;
