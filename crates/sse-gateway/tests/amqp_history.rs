@@ -10,9 +10,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sse_testkit::{AmqpPublisher, Backend, Process, RabbitNode, SseClient, amqp_url, send_json};
+use sse_testkit::{AmqpPublisher, Backend, Process, RabbitNode, amqp_url, send_json};
 use sse_wire::{Frame, ParsedEvent};
-use support::{DEFAULT_BINDINGS, event, payload, wait_for_metric};
+use support::{DEFAULT_BINDINGS, event, open_resuming as open, payload, wait_for_metric};
 
 /// A unique exchange prefix whose history stream is deleted on drop.
 struct Prefix(String);
@@ -47,33 +47,6 @@ async fn gateway(backend: &Backend, url: &str, p: &Prefix, instance: &str, histo
     let gw = support::gateway(backend, &env).await;
     gw.wait_for_log("connected to RabbitMQ").await;
     gw
-}
-
-/// Opens a stream (optionally resuming); returns it, its token, the events
-/// before `ready`, and `ready`. Skips callbacks of earlier streams.
-async fn open(
-    gw: &Process,
-    backend: &Backend,
-    path: &str,
-    last_event_id: Option<&str>,
-) -> (SseClient, String, Vec<ParsedEvent>, ParsedEvent) {
-    let headers: Vec<(&str, &[u8])> = last_event_id.iter().map(|id| ("Last-Event-ID", id.as_bytes())).collect();
-    let mut client = SseClient::open(gw.addr, path, &headers).await;
-    let token = loop {
-        let call = backend.next_call().await;
-        if call.action() == "connect" {
-            break call.token();
-        }
-    };
-    assert_eq!(client.head.status, 200);
-    let mut before = Vec::new();
-    loop {
-        let e = client.next_event().await;
-        if e.event_type == "ready" {
-            return (client, token, before, e);
-        }
-        before.push(e);
-    }
 }
 
 fn datas(events: &[ParsedEvent]) -> Vec<String> {

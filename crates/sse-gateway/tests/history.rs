@@ -12,32 +12,14 @@ use support::{DEFAULT_BINDINGS, event, gateway, metric, payload, publish, send, 
 
 const HISTORY: (&str, &str) = ("HISTORY_SECONDS", "60");
 
-/// Opens a stream for `request_id` that resumes from `last_event_id`;
-/// returns the stream, its token and the events before `ready`, and `ready`.
+/// Opens a stream for `request_id` that resumes from `last_event_id`.
 async fn resume(
     gw: &sse_testkit::Process,
     backend: &Backend,
     request_id: &str,
     last_event_id: &str,
 ) -> (SseClient, String, Vec<ParsedEvent>, ParsedEvent) {
-    let path = format!("/s?request_id={request_id}");
-    let mut client = SseClient::open(gw.addr, &path, &[("Last-Event-ID", last_event_id.as_bytes())]).await;
-    // Skip a disconnect of an earlier stream that may still be on its way.
-    let token = loop {
-        let call = backend.next_call().await;
-        if call.action() == "connect" {
-            break call.token();
-        }
-    };
-    assert_eq!(client.head.status, 200);
-    let mut before = Vec::new();
-    loop {
-        let e = client.next_event().await;
-        if e.event_type == "ready" {
-            return (client, token, before, e);
-        }
-        before.push(e);
-    }
+    support::open_resuming(gw, backend, &format!("/s?request_id={request_id}"), Some(last_event_id)).await
 }
 
 /// The epoch part of this gateway's cursors (from a fresh stream's `ready`).

@@ -137,3 +137,32 @@ pub async fn tls_stream(
     assert_eq!(s.next_event().await.event_type, "ready");
     (s, token)
 }
+
+/// Opens a stream at `path` the backend accepts, resuming from
+/// `last_event_id` when given (history tests); returns it, its token, the
+/// events before `ready`, and `ready`. Skips callbacks of earlier streams
+/// (a disconnect may still be on its way).
+pub async fn open_resuming(
+    gw: &Process,
+    backend: &Backend,
+    path: &str,
+    last_event_id: Option<&str>,
+) -> (SseClient, String, Vec<sse_wire::ParsedEvent>, sse_wire::ParsedEvent) {
+    let headers: Vec<(&str, &[u8])> = last_event_id.iter().map(|id| ("Last-Event-ID", id.as_bytes())).collect();
+    let mut client = SseClient::open(gw.addr, path, &headers).await;
+    let token = loop {
+        let call = backend.next_call().await;
+        if call.action() == "connect" {
+            break call.token();
+        }
+    };
+    assert_eq!(client.head.status, 200);
+    let mut before = Vec::new();
+    loop {
+        let e = client.next_event().await;
+        if e.event_type == "ready" {
+            return (client, token, before, e);
+        }
+        before.push(e);
+    }
+}
