@@ -28,13 +28,14 @@
 mod support;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sse_testkit::{Relay, free_ports};
-use support::{Hub, append_line, browser_dir, ensure_browser_tools, now_secs, replace_file, temp_dir};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use support::{
+    BrowserScript, Hub, append_line, ensure_browser_tools, now_secs, replace_file, run_browser_script, temp_dir,
+};
+use tokio::io::{AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 /// Bound of one step of the page (its own waits end at 30 s).
@@ -53,26 +54,9 @@ impl Page {
     async fn open(page_url: &str, hub_url: &str, tag: &str) -> Page {
         ensure_browser_tools();
         let shot = std::env::temp_dir().join(format!("sse-hub-resume-{tag}-{}.png", uuid::Uuid::new_v4().simple()));
-        let mut child = tokio::process::Command::new("node")
-            .arg(browser_dir().join("resume.mjs"))
-            .args([page_url, hub_url, shot.to_str().expect("utf-8")])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start node");
-        let stdin = child.stdin.take().expect("stdin");
-        let out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let stderr = tokio::spawn(async move {
-            let mut all = Vec::new();
-            while let Ok(Some(l)) = err.next_line().await {
-                eprintln!("node stderr: {l}");
-                all.push(l);
-            }
-            all
-        });
+        let BrowserScript { child, stdin, out, stderr } =
+            run_browser_script("resume.mjs", &[page_url, hub_url, shot.to_str().expect("utf-8")], true);
+        let stdin = stdin.expect("stdin");
         let mut page = Page { child, stdin, out, stderr };
         page.expect("live").await;
         page

@@ -10,13 +10,11 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use http::Version;
 use sse_testkit::{Alpn, HttpsConnection, TestCert, within};
-use support::{Hub, browser_dir, ensure_browser_tools, envelope};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use support::{BrowserScript, Hub, ensure_browser_tools, envelope, run_browser_script};
 
 /// EventSources the browser opens beside the dashboard's own stream.
 const BROWSER_STREAMS: usize = 10;
@@ -62,23 +60,8 @@ async fn ten_event_sources_on_one_https_origin_all_receive_in_chromium_over_h2()
     let cert = TestCert::generate();
     let hub = tls_hub(&cert).await;
     let url = format!("https://{}/", hub.addr());
-    let mut child = tokio::process::Command::new("node")
-        .arg(browser_dir().join("h2.mjs"))
-        .args([url.as_str(), &BROWSER_STREAMS.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start node");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let stderr = tokio::spawn(async move {
-        let mut all = Vec::new();
-        while let Ok(Some(l)) = err.next_line().await {
-            all.push(l);
-        }
-        all
-    });
+    let BrowserScript { mut child, mut out, stderr, .. } =
+        run_browser_script("h2.mjs", &[url.as_str(), &BROWSER_STREAMS.to_string()], false);
     let run = async {
         let mut lines = Vec::new();
         while let Ok(Some(line)) = out.next_line().await {

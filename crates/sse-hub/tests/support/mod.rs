@@ -246,3 +246,39 @@ pub fn ensure_browser_tools() {
         assert!(status.success(), "npm ci failed in {}", dir.display());
     }
 }
+
+/// A browser script (`browser-test/<script>`) running under node: its stdout
+/// lines drive the test; its stderr is echoed and collected.
+pub struct BrowserScript {
+    pub child: tokio::process::Child,
+    /// Piped when asked for.
+    pub stdin: Option<tokio::process::ChildStdin>,
+    pub out: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// Every stderr line, once the script ended.
+    pub stderr: tokio::task::JoinHandle<Vec<String>>,
+}
+
+/// Starts `browser-test/<script>` with node (after [`ensure_browser_tools`]).
+pub fn run_browser_script(script: &str, args: &[&str], with_stdin: bool) -> BrowserScript {
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt;
+    ensure_browser_tools();
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(browser_dir().join(script)).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    if with_stdin {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().expect("start node");
+    let stdin = child.stdin.take();
+    let out = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut err = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let stderr = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(l)) = err.next_line().await {
+            eprintln!("node stderr: {l}");
+            all.push(l);
+        }
+        all
+    });
+    BrowserScript { child, stdin, out, stderr }
+}
