@@ -209,7 +209,13 @@ class CallbackHandler:
         except Exception as e:  # never refuse a stream for its identity
             log.warning("no identity bound to stream %s: %s", request_id, e)
             identity = None
-        info = self.manager.on_connect(request_id, token, url, identity, instance)
+        # EventSource sends Last-Event-ID when it reconnects (or the page passes lastEventId).
+        query = url.split("?", 1)[1] if "?" in url else ""
+        resumed = bool(
+            next((v for k, v in headers.items() if k.lower() == "last-event-id"), "")
+            or _first_param(query, "lastEventId")
+        )
+        info = self.manager.on_connect(request_id, token, url, identity, instance, resumed=resumed)
         answer: Dict[str, Any] = {}
         if self.answer == "routing":
             answer = {

@@ -209,6 +209,18 @@ class Client:
             body["retry_ms"] = retry_ms
         return _int_field(self._request("POST", "/internal/close", json=body), "matched")
 
+    def history_position(self) -> Optional[str]:
+        """The gateway history's current cursor (``GET /internal/history``),
+        or ``None`` when ``HISTORY_SECONDS`` is off. Read it *before* taking a
+        snapshot and give it to the page with the snapshot; the page opens
+        its stream with ``?lastEventId=<cursor>`` and receives every event
+        after it (snapshot, then live, without a gap)."""
+        answer = self._request("GET", "/internal/history")
+        cursor = answer.get("id")
+        if cursor is not None and not isinstance(cursor, str):
+            raise GatewayError(200, "UNEXPECTED_ANSWER", f"/internal/history answered {answer!r}")
+        return cursor
+
     def healthz(self) -> Dict[str, Any]:
         """``GET /healthz``."""
         return self._request("GET", "/healthz")

@@ -97,6 +97,12 @@ class ConnectionInfo:
     #: How many rosters its instance had sent when it connected: a roster
     #: removes it only if it was registered before the previous one arrived.
     roster_epoch: int = 0
+    #: The client resumes a stream it had (it sent ``Last-Event-ID`` or
+    #: ``lastEventId``). With the gateway's history on it is the same client:
+    #: it gets what it missed from the gateway (or an ``event: gap``, after
+    #: which it refetches), so connect observers should not repeat what they
+    #: sent it before.
+    resumed: bool = False
 
 
 @dataclass
@@ -181,11 +187,13 @@ class ConnectionManager:
         url: str,
         identity: Optional[Identity] = None,
         instance: Optional[str] = None,
+        resumed: bool = False,
     ) -> ConnectionInfo:
         """Registers a new stream for ``request_id`` with its identity (bound
         before any observer runs), replacing and closing any previous stream
         of that id; then runs the disconnect observers for the replaced one
-        and the connect observers for the new one, outside the lock."""
+        and the connect observers for the new one, outside the lock.
+        ``resumed``: see :attr:`ConnectionInfo.resumed`."""
         with self._lock:
             watch = self._rosters.get(instance) if instance is not None else None
             info = ConnectionInfo(
@@ -197,6 +205,7 @@ class ConnectionManager:
                 instance=instance,
                 connected_at=self._clock(),
                 roster_epoch=watch.received if watch is not None else 0,
+                resumed=resumed,
             )
             replaced = self._by_request.get(request_id)
             self._by_request[request_id] = info
@@ -404,21 +413,25 @@ class ConnectionManager:
             targets = infos
         else:
             targets = [i for i in infos if i.subject is not None and i.subject in (subject, LOCAL_USER)]
-        if not targets:
-            return False
+        # With nobody connected, a publishing gateway still gets the event: one
+        # keeping history records it, so a client that was away (a network
+        # blip, a rolling restart) gets it replayed instead of missing it.
+        nobody = not targets
         if self._publish:
             if subject is None:
                 keys = ["broadcast"]
             else:
-                # Only keys some live connection is bound to.
+                # Only keys some live connection is bound to (with nobody, both).
                 keys = []
-                if any(i.subject == subject for i in infos):
+                if nobody or any(i.subject == subject for i in infos):
                     keys.append(f"subject.{subject}")
-                if subject != LOCAL_USER and any(i.subject == LOCAL_USER for i in infos):
+                if subject != LOCAL_USER and (nobody or any(i.subject == LOCAL_USER for i in infos)):
                     keys.append(f"subject.{LOCAL_USER}")
             delivered = self._publish_keys(keys, name, data)
             if delivered is not None:
                 return delivered
+        if nobody:
+            return False
         return self._fan_out([i.token for i in targets], name, data)
 
     def _publish_keys(self, keys: List[str], name: Optional[str], data: Any) -> Optional[bool]:

@@ -50,7 +50,7 @@ __all__ = [
     "start_gateway",
 ]
 
-_LINE = re.compile(r"(internal listener|listening) on (http://\S+)")
+_LINE = re.compile(r"(internal listener|listening) on (https?://\S+)")
 
 #: Variables passed through from the test's environment; everything else the
 #: gateway reads comes from the fixture's arguments only, so a stray
@@ -125,7 +125,7 @@ def _read_lines(stream: IO[bytes], out: "queue.Queue[Optional[str]]") -> None:
 
 
 def _wait_accepting(url: str, deadline: float) -> None:
-    host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
+    host, _, port = url.split("://", 1)[-1].rstrip("/").rpartition(":")
     while True:
         try:
             with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):

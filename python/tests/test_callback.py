@@ -231,3 +231,16 @@ def test_flask_observers_registered_before_init_app_are_kept():
     app.test_client().post("/api/sse/callback", data=connect(), content_type=JSON)
     assert seen == ["abc"]
     assert app.extensions["sse_gateway"] is sse
+
+
+def test_a_connect_with_last_event_id_or_last_event_id_param_is_a_resumed_stream(rec):
+    h = handler(rec)
+    assert h.handle("", JSON, connect("/s?request_id=a", token="t1"))[0] == 200
+    assert h.manager.connection_info("a").resumed is False
+    resumed = body(
+        action="connect", token="t2", request={"url": "/s?request_id=b", "headers": {"last-event-id": "1-5"}}
+    )
+    assert h.handle("", JSON, resumed)[0] == 200
+    assert h.manager.connection_info("b").resumed is True
+    assert h.handle("", JSON, connect("/s?request_id=c&lastEventId=1-5", token="t3"))[0] == 200
+    assert h.manager.connection_info("c").resumed is True

@@ -96,3 +96,12 @@ def test_send_during_the_connect_callback_is_buffered_then_ok_and_close_ends_the
             gw.client.send(token, "after", {})
         assert e.value.code == "TOKEN_NOT_FOUND"
         gw.stop()
+
+
+def test_history_position_is_none_when_off_and_a_cursor_when_on(gateway):
+    assert gateway().client.history_position() is None
+    gw = gateway(HISTORY_SECONDS="60")
+    first = gw.client.history_position()
+    assert isinstance(first, str) and first
+    gw.client.publish("broadcast", "x", {})
+    assert gw.client.history_position() != first, "a publish moves the position"

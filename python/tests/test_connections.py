@@ -268,3 +268,14 @@ def test_the_silence_watch_fires_on_its_own(rec):
 
 def test_instance_lost_is_the_reason_name():
     assert INSTANCE_LOST == "instance_lost"
+
+
+def test_with_nobody_connected_a_publishing_manager_still_publishes_for_the_gateway_history(rec):
+    cm = manager(rec, publish=True)
+    cm.broadcast("ev", {})
+    cm.broadcast("ev", {}, subject="alice")
+    assert rec.calls == [
+        ("publish", "broadcast", "ev"),
+        ("publish", "subject.alice", "ev"),
+        ("publish", "subject.local-user", "ev"),
+    ], "a client that was away gets it replayed when it resumes"

@@ -58,3 +58,10 @@ def test_the_shell_environment_does_not_reach_the_gateway(gateway, monkeypatch):
     gw = gateway()
     ready = requests.get(f"{gw.url}/readyz", timeout=5)
     assert (ready.status_code, ready.json()["configured"]) == (503, False)
+
+
+def test_the_listening_line_of_a_tls_gateway_is_recognised():
+    from sse_gateway.testing import _LINE
+
+    m = _LINE.search("sse-gateway listening on https://127.0.0.1:4443/")
+    assert m is not None and m.group(2) == "https://127.0.0.1:4443/"

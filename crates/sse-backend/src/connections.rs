@@ -508,6 +508,12 @@ impl ConnectionManager {
     /// Sends to every connection (`subject: None`) or to the connections bound
     /// to `subject` plus every [`LOCAL_USER`] connection (unbound connections
     /// are left out). False when nothing matched or nothing was delivered.
+    ///
+    /// With no connection at all, a broadcaster that publishes still gets
+    /// the event (for `broadcast`, or `subject.<subject>` and
+    /// `subject.local-user`): a gateway keeping history records it, so a
+    /// client that was away (a network blip, a rolling restart) gets it
+    /// replayed when it resumes rather than silently missing it.
     pub async fn broadcast(&self, event: &Event, subject: Option<&str>, service: &str) -> bool {
         let (tokens, has_subject, has_local_user) = {
             let st = self.state();
@@ -523,20 +529,19 @@ impl ConnectionManager {
             let bound_to = |x: &str| st.by_request.values().any(|c| c.subject.as_deref() == Some(x));
             (tokens, subject.is_some_and(bound_to), bound_to(LOCAL_USER))
         };
-        if tokens.is_empty() {
-            return false;
-        }
+        let nobody = tokens.is_empty();
         if self.inner.broadcaster.publishes() {
             let mut keys = Vec::with_capacity(2);
             match subject {
                 None => keys.push("broadcast".to_owned()),
                 // Only keys some live connection is bound to: with OIDC off
                 // (everyone `local-user`) or on (nobody is) this is one call.
+                // With nobody connected, both (for the history).
                 Some(s) => {
-                    if has_subject {
+                    if has_subject || nobody {
                         keys.push(format!("subject.{s}"));
                     }
-                    if has_local_user && s != LOCAL_USER {
+                    if (has_local_user || nobody) && s != LOCAL_USER {
                         keys.push(format!("subject.{LOCAL_USER}"));
                     }
                 }
@@ -544,6 +549,9 @@ impl ConnectionManager {
             if let Some(delivered) = self.publish_keys(&keys, event, service).await {
                 return delivered;
             }
+        }
+        if nobody {
+            return false;
         }
         self.fan_out(tokens, event, service).await
     }
@@ -668,6 +676,26 @@ mod tests {
         let (rec, cm) = Recorder::manager();
         assert!(!cm.broadcast(&ev(), None, "task").await);
         assert!(rec.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn with_no_connection_a_publishing_broadcaster_still_gets_broadcasts_for_the_history() {
+        let (rec, cm) = Recorder::manager();
+        rec.set_publishes(true);
+        // (What they return is what the gateway matched: the recorder says 1.)
+        cm.broadcast(&ev(), None, "dhcp").await;
+        cm.broadcast(&ev(), Some("alice"), "task").await;
+        cm.broadcast(&ev(), Some(LOCAL_USER), "task").await;
+        assert_eq!(
+            rec.calls(),
+            vec![
+                Call::Publish("broadcast".into()),
+                Call::Publish("subject.alice".into()),
+                Call::Publish("subject.local-user".into()),
+                Call::Publish("subject.local-user".into()),
+            ],
+            "published to the keys a resuming client may be bound to"
+        );
     }
 
     #[tokio::test]

@@ -7,17 +7,26 @@
 //! count), which the `admin` and `roster` scenarios read; they never change
 //! the token set.
 //!
+//! With `--connects-per-sec R` it is a backend of limited capacity (the
+//! `storm` scenario): connect callbacks are answered at a steady R a second
+//! at most, each waiting its turn (a token bucket of one). It counts the
+//! callbacks it holds open at once (received, not yet answered) and the
+//! connect and disconnect callbacks it heard, for `GET /stats`;
+//! `POST /stats/reset-peak` starts a new peak.
+//!
 //! Raw HTTP/1.1 on tokio, like the client side: Content-Length bodies only
 //! (what the gateway sends), nothing else of HTTP it does not need.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Instant;
 
 use crate::client::{Dialer, Endpoint, HttpConn};
 
@@ -32,6 +41,10 @@ pub struct BackendArgs {
     /// Listen address; port 0 picks a free port (printed on stdout).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// Answer connect callbacks at this steady rate at most (a slow
+    /// backend); 0: at once.
+    #[arg(long, default_value_t = 0.0)]
+    pub connects_per_sec: f64,
 }
 
 /// Rosters received so far, and the live token count (`GET /stats`).
@@ -47,6 +60,19 @@ pub struct BackendStats {
     pub last_bytes: u64,
     /// Tokens listed by the latest one.
     pub last_tokens: u64,
+    /// Connect callbacks heard.
+    #[serde(default)]
+    pub connects: u64,
+    /// Disconnect callbacks heard.
+    #[serde(default)]
+    pub disconnects: u64,
+    /// Callbacks held open now (received, not yet answered).
+    #[serde(default)]
+    pub in_flight: u64,
+    /// The most held open at once since the start or the last
+    /// `POST /stats/reset-peak`.
+    #[serde(default)]
+    pub peak_in_flight: u64,
 }
 
 /// Reads the backend's `GET /stats` (used by the `admin` and `roster` scenarios).
@@ -60,11 +86,60 @@ pub async fn fetch_stats(dialer: &Dialer, backend: &Endpoint) -> anyhow::Result<
     serde_json::from_slice(&resp.body).context("GET /stats: not the stats object")
 }
 
-/// What the backend keeps: live tokens and roster counts.
+/// Starts a new peak of callbacks held at once (the `storm` scenario, between its phases).
+pub async fn reset_peak(dialer: &Dialer, backend: &Endpoint) -> anyhow::Result<()> {
+    let path = format!("{}/stats/reset-peak", backend.path.trim_end_matches('/'));
+    let mut conn = HttpConn::new(backend.with_path(&path));
+    let resp = conn.request_default(dialer, "POST", b"").await.context("POST /stats/reset-peak to the backend")?;
+    if resp.status != 200 {
+        bail!("POST /stats/reset-peak answered HTTP {}", resp.status);
+    }
+    Ok(())
+}
+
+/// What the backend keeps: live tokens, roster counts, callback counts and
+/// the connect pace.
 #[derive(Debug, Default)]
 struct State {
     tokens: Mutex<HashSet<String>>,
     rosters: Mutex<BackendStats>,
+    connects: AtomicU64,
+    disconnects: AtomicU64,
+    in_flight: AtomicU64,
+    peak_in_flight: AtomicU64,
+    /// With `--connects-per-sec`: the interval, and when the next connect may be answered.
+    pace: Option<(Duration, Mutex<Instant>)>,
+}
+
+impl State {
+    /// Waits for this connect's turn (no wait without a pace).
+    async fn connect_turn(&self) {
+        let Some((interval, next)) = &self.pace else { return };
+        let at = {
+            let mut next = next.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let at = (*next).max(Instant::now());
+            *next = at + *interval;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// One callback held open; counted until dropped.
+struct Held<'a>(&'a State);
+
+impl<'a> Held<'a> {
+    fn new(state: &'a State) -> Self {
+        let now = state.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        state.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        Held(state)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 type Shared = Arc<State>;
@@ -74,7 +149,12 @@ pub async fn run(args: BackendArgs) -> anyhow::Result<()> {
     let listener = listen(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     // Scripts read this line to learn the port.
     println!("sse-bench backend listening on http://{}", listener.local_addr()?);
-    let state: Shared = Arc::default();
+    let pace = match args.connects_per_sec {
+        0.0 => None,
+        r if r > 0.0 && r.is_finite() => Some((Duration::from_secs_f64(1.0 / r), Mutex::new(Instant::now()))),
+        _ => bail!("--connects-per-sec must be 0 or a positive number"),
+    };
+    let state: Shared = Arc::new(State { pace, ..State::default() });
     loop {
         match listener.accept().await {
             Ok((tcp, _)) => {
@@ -165,6 +245,11 @@ async fn serve(mut tcp: TcpStream, state: Shared) -> anyhow::Result<()> {
             }
         }
         let body: Vec<u8> = buf.drain(..head.content_length).collect();
+        // Callbacks are POSTs; the scenarios' own GETs are not counted.
+        let _held = (head.method == "POST").then(|| Held::new(&state));
+        if head.method == "POST" && is_connect(&body) {
+            state.connect_turn().await;
+        }
         let (status, answer) = answer(&head.method, &head.path, &body, &state);
         let mut resp =
             format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", answer.len())
@@ -177,8 +262,19 @@ async fn serve(mut tcp: TcpStream, state: Shared) -> anyhow::Result<()> {
     }
 }
 
+/// A connect callback (a cheap look before the full parse in [`answer`]).
+fn is_connect(body: &[u8]) -> bool {
+    let needle = br#""action":"connect""#;
+    body.windows(needle.len()).any(|w| w == needle)
+}
+
 fn answer(method: &str, path: &str, body: &[u8], state: &State) -> (&'static str, Vec<u8>) {
     match method {
+        "POST" if path == "/stats/reset-peak" => {
+            // Less this request itself.
+            state.peak_in_flight.store(state.in_flight.load(Ordering::Relaxed).saturating_sub(1), Ordering::Relaxed);
+            ("200 OK", b"{}".to_vec())
+        }
         "POST" => {
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return ("200 OK", b"{}".to_vec()) };
             let action = v.get("action").and_then(|a| a.as_str());
@@ -193,9 +289,11 @@ fn answer(method: &str, path: &str, body: &[u8], state: &State) -> (&'static str
                 let mut live = state.tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 match action {
                     Some("connect") => {
+                        state.connects.fetch_add(1, Ordering::Relaxed);
                         live.insert(token.to_owned());
                     }
                     Some("disconnect") => {
+                        state.disconnects.fetch_add(1, Ordering::Relaxed);
                         live.remove(token);
                     }
                     _ => {}
@@ -211,6 +309,10 @@ fn answer(method: &str, path: &str, body: &[u8], state: &State) -> (&'static str
         "GET" if path == "/stats" => {
             let mut stats = *state.rosters.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             stats.live_tokens = state.tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len() as u64;
+            stats.connects = state.connects.load(Ordering::Relaxed);
+            stats.disconnects = state.disconnects.load(Ordering::Relaxed);
+            stats.in_flight = state.in_flight.load(Ordering::Relaxed);
+            stats.peak_in_flight = state.peak_in_flight.load(Ordering::Relaxed);
             ("200 OK", serde_json::to_vec(&stats).unwrap_or_else(|_| b"{}".to_vec()))
         }
         _ => ("404 Not Found", br#"{"error":"not found"}"#.to_vec()),
@@ -245,9 +347,31 @@ mod tests {
         let n = roster.len() as u64;
         assert_eq!(
             stats,
-            serde_json::json!({"live_tokens": 1, "rosters": 2, "bytes_total": 2 * n, "last_bytes": n, "last_tokens": 2})
+            serde_json::json!({
+                "live_tokens": 1, "rosters": 2, "bytes_total": 2 * n, "last_bytes": n, "last_tokens": 2,
+                "connects": 1, "disconnects": 0, "in_flight": 0, "peak_in_flight": 0
+            })
         );
         assert_eq!(answer("GET", "/tokens", b"", &state).1, br#"["t1"]"#.to_vec());
+    }
+
+    #[tokio::test]
+    async fn connects_are_answered_at_the_pace_and_held_ones_counted() {
+        let state = State { pace: Some((Duration::from_millis(10), Mutex::new(Instant::now()))), ..State::default() };
+        assert!(is_connect(br#"{"action":"connect","token":"t"}"#));
+        assert!(!is_connect(br#"{"action":"disconnect","reason":"x","token":"t"}"#));
+        let started = Instant::now();
+        let (a, b) = (Held::new(&state), Held::new(&state));
+        for _ in 0..3 {
+            state.connect_turn().await;
+        }
+        assert!(started.elapsed() >= Duration::from_millis(20), "three turns are 10 ms apart");
+        drop((a, b));
+        let _c = Held::new(&state);
+        let stats: serde_json::Value = serde_json::from_slice(&answer("GET", "/stats", b"", &state).1).expect("json");
+        assert_eq!((stats["in_flight"].as_u64(), stats["peak_in_flight"].as_u64()), (Some(1), Some(2)));
+        answer("POST", "/stats/reset-peak", b"", &state);
+        assert_eq!(state.peak_in_flight.load(Ordering::Relaxed), 0, "the reset request itself is not counted");
     }
 
     #[test]

@@ -27,9 +27,11 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Read size for streams: a few events per read under fan-out, little memory idle.
 const STREAM_READ: usize = 4096;
 
-/// A parsed `http://` URL: where to connect and what to ask for.
+/// A parsed `http://` (or `https://`, for `h2`) URL: where to connect and what to ask for.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
+    /// `https://`: only the h2 client (`h2`) serves it.
+    pub https: bool,
     /// The socket address from the URL's authority.
     pub addr: SocketAddr,
     /// The authority as written (sent as `Host`).
@@ -39,9 +41,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `http://HOST:PORT/path?query`; HOST is an IP literal or `localhost`.
+    /// Parses `http(s)://HOST:PORT/path?query`; HOST is an IP literal or `localhost`.
     pub fn parse(url: &str) -> anyhow::Result<Endpoint> {
-        let Some(rest) = url.strip_prefix("http://") else { bail!("{url}: only http:// URLs are supported") };
+        let (https, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => bail!("{url}: only http:// and https:// URLs are supported"),
+        };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_owned()),
             Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
@@ -56,7 +62,7 @@ impl Endpoint {
                 .parse()
                 .with_context(|| format!("{url}: the host must be an IP address with a port, e.g. 127.0.0.1:3000"))?,
         };
-        Ok(Endpoint { addr, host: authority.to_owned(), path })
+        Ok(Endpoint { https, addr, host: authority.to_owned(), path })
     }
 
     /// The same endpoint with another path (e.g. `/tokens` on a base URL).
@@ -117,6 +123,9 @@ pub struct Head {
     pub content_length: Option<usize>,
     /// `Connection: close`.
     pub close: bool,
+    /// `Content-Type: text/event-stream` (parameters allowed): what
+    /// `EventSource` requires besides a 200.
+    pub event_stream: bool,
 }
 
 /// Reads a response head; bytes after it stay in `buf`.
@@ -126,8 +135,13 @@ async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Hea
         let mut resp = httparse::Response::new(&mut headers);
         match resp.parse(buf).context("malformed response head")? {
             httparse::Status::Complete(n) => {
-                let mut head =
-                    Head { status: resp.code.unwrap_or(0), chunked: false, content_length: None, close: false };
+                let mut head = Head {
+                    status: resp.code.unwrap_or(0),
+                    chunked: false,
+                    content_length: None,
+                    close: false,
+                    event_stream: false,
+                };
                 for h in resp.headers.iter() {
                     let value = String::from_utf8_lossy(h.value);
                     if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -136,6 +150,9 @@ async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Hea
                         head.content_length = Some(value.trim().parse().context("bad Content-Length")?);
                     } else if h.name.eq_ignore_ascii_case("connection") {
                         head.close = value.eq_ignore_ascii_case("close");
+                    } else if h.name.eq_ignore_ascii_case("content-type") {
+                        let essence = value.split(';').next().unwrap_or("").trim();
+                        head.event_stream = essence.eq_ignore_ascii_case("text/event-stream");
                     }
                 }
                 buf.drain(..n);
@@ -275,10 +292,17 @@ pub struct Batch {
     pub arrived_us: Option<u64>,
 }
 
+/// What a stream request got: a 200 stream, or another answer's head.
+pub enum Opening {
+    Stream(Box<SseStream>),
+    Refused(Head),
+}
+
 /// One event stream: the request is sent and the head checked by
 /// [`SseStream::open`]; [`SseStream::read`] yields parsed frames.
 pub struct SseStream {
     tcp: TcpStream,
+    head_event_stream: bool,
     chunked: bool,
     dechunk: Dechunker,
     parser: Parser,
@@ -297,6 +321,29 @@ impl SseStream {
     /// Like [`SseStream::open`], with more request headers (`extra`: complete
     /// `Name: value\r\n` lines, e.g. a `Last-Event-ID`).
     pub async fn open_with(dialer: &Dialer, endpoint: &Endpoint, path: &str, extra: &str) -> anyhow::Result<SseStream> {
+        match Self::try_open_with(dialer, endpoint, path, extra).await? {
+            Opening::Stream(stream) => Ok(*stream),
+            Opening::Refused(head) => bail!("stream answered HTTP {}", head.status),
+        }
+    }
+
+    /// Like [`SseStream::open`], but an answer other than 200 is handed
+    /// back (an `EventSource` client tells a fatal answer from a failed
+    /// connection, the error here).
+    pub async fn try_open(dialer: &Dialer, endpoint: &Endpoint, path: &str) -> anyhow::Result<Opening> {
+        Self::try_open_with(dialer, endpoint, path, "").await
+    }
+
+    /// [`SseStream::try_open`] with more request headers (as [`SseStream::open_with`]).
+    pub async fn try_open_with(
+        dialer: &Dialer,
+        endpoint: &Endpoint,
+        path: &str,
+        extra: &str,
+    ) -> anyhow::Result<Opening> {
+        if endpoint.https {
+            bail!("https:// streams need HTTP/2 (--h2-connections)");
+        }
         let mut tcp = dialer.connect(endpoint.addr).await.context("connect")?;
         enable_receive_timestamps(&tcp).context("SO_TIMESTAMPNS")?;
         let headers = format!("Accept: text/event-stream\r\n{extra}");
@@ -305,9 +352,10 @@ impl SseStream {
         let mut raw = Vec::new();
         let head = read_head(&mut tcp, &mut raw).await?;
         if head.status != 200 {
-            bail!("stream answered HTTP {}", head.status);
+            return Ok(Opening::Refused(head));
         }
-        Ok(SseStream {
+        Ok(Opening::Stream(Box::new(SseStream {
+            head_event_stream: head.event_stream,
             tcp,
             chunked: head.chunked,
             dechunk: Dechunker::default(),
@@ -315,7 +363,12 @@ impl SseStream {
             raw,
             body: Vec::new(),
             ended: false,
-        })
+        })))
+    }
+
+    /// The answer's `Content-Type` was `text/event-stream`.
+    pub fn is_event_stream(&self) -> bool {
+        self.head_event_stream
     }
 
     /// The frames completed by the next read; `None` once the server ended
@@ -429,7 +482,9 @@ mod tests {
         assert_eq!(e.path_for(7), "/stream?request_id=bench-7");
         assert_eq!(Endpoint::parse("http://localhost:80").expect("valid").path, "/");
         assert_eq!(Endpoint::parse("http://127.0.0.1:80?x=1").expect("valid").path, "/?x=1");
-        assert!(Endpoint::parse("https://127.0.0.1:1/").is_err());
+        assert!(Endpoint::parse("https://127.0.0.1:1/").expect("valid").https);
+        assert!(!e.https);
+        assert!(Endpoint::parse("ftp://127.0.0.1:1/").is_err());
         assert!(Endpoint::parse("http://example.com:80/").is_err());
     }
 

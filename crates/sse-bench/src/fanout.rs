@@ -2,6 +2,10 @@
 //! latency per event per stream, missing/duplicated/out-of-order counts, and
 //! server CPU during the publish phase.
 //!
+//! With `--h2-connections M` the streams share M HTTP/2 connections over
+//! TLS; their latency is then only the parsed one (no kernel timestamp per
+//! h2 stream).
+//!
 //! Publishes go out sequentially over one keep-alive connection, each at its
 //! scheduled time (no catch-up bursts beyond what a late response forces);
 //! the achieved rate is reported next to the requested one.
@@ -16,6 +20,7 @@ use serde::Serialize;
 
 use crate::client::{Dialer, Endpoint};
 use crate::fleet::{Fleet, FleetSpec};
+use crate::h2::H2Args;
 use crate::payload;
 use crate::proc::{PhaseCpu, PhaseMeter, ProcessProbe};
 use crate::publisher::Publisher;
@@ -56,6 +61,8 @@ pub struct FanoutArgs {
     /// Streams being opened at once.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
+    #[command(flatten)]
+    pub h2: H2Args,
 }
 
 /// Result of `fanout`.
@@ -64,6 +71,8 @@ pub struct FanoutReport {
     pub scenario: &'static str,
     pub target: Target,
     pub streams_requested: usize,
+    /// HTTP/2 connections carrying the streams (`None`: one HTTP/1.1 connection per stream).
+    pub h2_connections: Option<usize>,
     pub streams_opened: u64,
     pub streams_failed: u64,
     pub streams_lost: u64,
@@ -95,7 +104,8 @@ pub struct FanoutReport {
     pub latency: LatencySummary,
     /// Publish timestamp to the event's bytes arriving in the client socket
     /// (kernel receive timestamp): the server's share of the latency.
-    pub latency_arrival: LatencySummary,
+    /// `None` over h2, where a stream's bytes have no receive timestamp of their own.
+    pub latency_arrival: Option<LatencySummary>,
     /// From the first publish until everything arrived (or the drain deadline).
     pub cpu: PhaseCpu,
     pub server_pids: Vec<u32>,
@@ -104,8 +114,12 @@ pub struct FanoutReport {
 
 impl Report for FanoutReport {
     fn summary(&self) -> String {
+        let transport = match self.h2_connections {
+            Some(m) => format!(" over {m} h2 connections"),
+            None => String::new(),
+        };
         let mut s = format!(
-            "fanout ({:?}): {} of {} streams open ({} failed, {} lost)\n\
+            "fanout ({:?}{transport}): {} of {} streams open ({} failed, {} lost)\n\
              publishes: {} ok, {} failed of {}, {:.1}/s achieved (asked {}/s), publish rtt {}\n\
              deliveries: {} of {} expected ({:.0}/s); missing {}, duplicated {}, out of order {}, unexpected {}, unparsable {}\n\
              latency (parsed by the client): {}\n\
@@ -130,7 +144,7 @@ impl Report for FanoutReport {
             self.unexpected_seq,
             self.unparsable,
             self.latency.line(),
-            self.latency_arrival.line(),
+            self.latency_arrival.as_ref().map_or_else(|| "not measured (h2)".to_owned(), LatencySummary::line),
         );
         s.push_str(&self.cpu.lines());
         if let (Some(lo), Some(hi)) = (self.matched_min, self.matched_max) {
@@ -151,13 +165,22 @@ pub async fn run(args: FanoutArgs, dialer: Arc<Dialer>) -> anyhow::Result<Fanout
     let count = usize::try_from(args.count)?;
     let probe = ProcessProbe::new(args.server_pids.clone());
     let mut publisher = Publisher::connect(&args.publish, &args.exchange, args.target).await?;
+    let endpoints: Vec<Endpoint> =
+        args.url.split(',').map(|u| Endpoint::parse(u.trim())).collect::<anyhow::Result<_>>()?;
+    let h2 = match endpoints.as_slice() {
+        [one] => args.h2.pool(&dialer, one).await?,
+        _ if args.h2.h2_connections.is_some() => bail!("--h2-connections takes one stream URL"),
+        _ => None,
+    };
+    let h2_connections = h2.as_ref().map(|p| p.connections());
     let spec = FleetSpec {
-        endpoints: args.url.split(',').map(|u| Endpoint::parse(u.trim())).collect::<anyhow::Result<_>>()?,
+        endpoints,
         target: args.target,
         streams: args.streams,
         connect_concurrency: args.connect_concurrency,
         ready_timeout: Duration::from_secs(30),
         expected_seqs: Some(count),
+        h2,
     };
     let fleet = Fleet::launch(spec, Arc::clone(&dialer));
     fleet.wait_open().await;
@@ -238,7 +261,7 @@ pub async fn run(args: FanoutArgs, dialer: Arc<Dialer>) -> anyhow::Result<Fanout
     let received: u64 = result.deliveries.iter().map(|d| d.received).sum();
     let (mut parsed, mut arrived) = result.take_latencies();
     let latency = LatencySummary::from_micros(&mut parsed);
-    let latency_arrival = LatencySummary::from_micros(&mut arrived);
+    let latency_arrival = h2_connections.is_none().then(|| LatencySummary::from_micros(&mut arrived));
     for (e, n) in result.errors {
         *errors.entry(e).or_default() += n;
     }
@@ -246,6 +269,7 @@ pub async fn run(args: FanoutArgs, dialer: Arc<Dialer>) -> anyhow::Result<Fanout
         scenario: "fanout",
         target: args.target,
         streams_requested: args.streams,
+        h2_connections,
         streams_opened: result.opened,
         streams_failed: result.failed,
         streams_lost: result.ended_early,

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Batch, Dialer, Endpoint, SseStream};
+use crate::h2::{H2Pool, H2Stream};
 use crate::payload;
 use crate::report::Progress;
 use crate::stats::micros_between;
@@ -38,6 +39,25 @@ pub struct FleetSpec {
     pub ready_timeout: Duration,
     /// Check sequence numbers `0..n` (fan-out); `None` only counts events.
     pub expected_seqs: Option<usize>,
+    /// Open the streams over these HTTP/2 connections instead of one
+    /// HTTP/1.1 connection each.
+    pub h2: Option<Arc<H2Pool>>,
+}
+
+/// One client stream: its own HTTP/1.1 connection, or a stream of an h2 one.
+pub enum ClientStream {
+    Http1(SseStream),
+    Http2(H2Stream),
+}
+
+impl ClientStream {
+    /// The frames completed by the next read; `None` once the stream ended.
+    pub async fn read(&mut self) -> anyhow::Result<Option<Batch>> {
+        match self {
+            ClientStream::Http1(s) => s.read().await,
+            ClientStream::Http2(s) => s.read().await,
+        }
+    }
 }
 
 /// Live totals over the fleet, for progress lines and waiting.
@@ -365,10 +385,16 @@ async fn run_stream(i: u64, shared: Arc<Shared>) -> StreamOutcome {
 
 /// Opens stream `i` and waits until it is live; returns it with the frames
 /// that came after the `ready` event in the same read.
-async fn open_ready(shared: &Shared, i: u64) -> anyhow::Result<(SseStream, Batch)> {
+async fn open_ready(shared: &Shared, i: u64) -> anyhow::Result<(ClientStream, Batch)> {
     let endpoints = &shared.spec.endpoints;
     let endpoint = &endpoints[(i as usize) % endpoints.len().max(1)];
-    open_until_ready(&shared.dialer, endpoint, &endpoint.path_for(i), shared.spec.target).await
+    match &shared.spec.h2 {
+        Some(pool) => {
+            let stream = ClientStream::Http2(pool.open(&endpoint.path_for(i)).await?);
+            wait_ready(stream, shared.spec.target).await
+        }
+        None => open_until_ready(&shared.dialer, endpoint, &endpoint.path_for(i), shared.spec.target).await,
+    }
 }
 
 /// Opens one stream at `path` and waits until it is live (see [`Target`]);
@@ -378,8 +404,12 @@ pub async fn open_until_ready(
     endpoint: &Endpoint,
     path: &str,
     target: Target,
-) -> anyhow::Result<(SseStream, Batch)> {
-    let mut stream = SseStream::open(dialer, endpoint, path).await?;
+) -> anyhow::Result<(ClientStream, Batch)> {
+    wait_ready(ClientStream::Http1(SseStream::open(dialer, endpoint, path).await?), target).await
+}
+
+/// Waits until an opened stream is live (see [`Target`]).
+async fn wait_ready(mut stream: ClientStream, target: Target) -> anyhow::Result<(ClientStream, Batch)> {
     if target.open_at_head() {
         return Ok((stream, Batch { frames: Vec::new(), arrived_us: None }));
     }

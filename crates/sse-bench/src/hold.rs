@@ -1,5 +1,7 @@
 //! Scenario `hold`: N idle streams; the server's resident memory before and
-//! after, per stream.
+//! after, per stream. With `--h2-connections M` the streams share M HTTP/2
+//! connections over TLS (the per-stream figure then includes 1/(N/M) of a
+//! connection's TLS and h2 state).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use serde::Serialize;
 
 use crate::client::{Dialer, Endpoint};
 use crate::fleet::{Fleet, FleetSpec};
+use crate::h2::H2Args;
 use crate::proc::ProcessProbe;
 use crate::report::{Progress, Report};
 use crate::target::Target;
@@ -34,6 +37,8 @@ pub struct HoldArgs {
     /// Streams being opened at once.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
+    #[command(flatten)]
+    pub h2: H2Args,
 }
 
 /// Result of `hold`.
@@ -42,6 +47,8 @@ pub struct HoldReport {
     pub scenario: &'static str,
     pub target: Target,
     pub streams_requested: usize,
+    /// HTTP/2 connections carrying the streams (`None`: one HTTP/1.1 connection per stream).
+    pub h2_connections: Option<usize>,
     pub streams_opened: u64,
     pub streams_failed: u64,
     /// Streams that ended before the hold was over.
@@ -54,13 +61,19 @@ pub struct HoldReport {
     pub rss_held_kb: Option<u64>,
     /// (held − baseline) / opened streams.
     pub rss_per_stream_bytes: Option<f64>,
+    /// h2: RSS the idle TLS + h2 connections added before any stream, per connection.
+    pub rss_per_h2_connection_bytes: Option<f64>,
     pub errors: BTreeMap<String, u64>,
 }
 
 impl Report for HoldReport {
     fn summary(&self) -> String {
+        let transport = match self.h2_connections {
+            Some(m) => format!(" over {m} h2 connections"),
+            None => String::new(),
+        };
         let mut s = format!(
-            "hold ({:?}): {} of {} streams open ({} failed, {} lost during the hold), opened in {:.1} s ({:.0}/s)\n",
+            "hold ({:?}{transport}): {} of {} streams open ({} failed, {} lost during the hold), opened in {:.1} s ({:.0}/s)\n",
             self.target,
             self.streams_opened,
             self.streams_requested,
@@ -81,6 +94,9 @@ impl Report for HoldReport {
         } else {
             s.push_str("server RSS: not measured (no --server-pid)");
         }
+        if let Some(per) = self.rss_per_h2_connection_bytes {
+            s.push_str(&format!("\nserver RSS per idle h2 connection (before its streams): {per:.0} bytes"));
+        }
         for (e, n) in &self.errors {
             s.push_str(&format!("\n  {n} × {e}"));
         }
@@ -91,14 +107,30 @@ impl Report for HoldReport {
 /// Runs `hold`.
 pub async fn run(args: HoldArgs, dialer: Arc<Dialer>) -> anyhow::Result<HoldReport> {
     let probe = ProcessProbe::new(args.server_pids.clone());
+    let endpoint = Endpoint::parse(&args.url)?;
+    let before_connections = probe.rss_kb()?;
+    let h2 = args.h2.pool(&dialer, &endpoint).await?;
+    if h2.is_some() {
+        // Let the handshakes' transient buffers go before the reading.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // After the h2 connections are up: the figure is per stream, not per connection.
     let baseline = probe.rss_kb()?;
+    let per_connection = match (&h2, before_connections, baseline) {
+        (Some(pool), Some(before), Some(after)) => {
+            Some((after as f64 - before as f64) * 1024.0 / pool.connections() as f64)
+        }
+        _ => None,
+    };
+    let h2_connections = h2.as_ref().map(|p| p.connections());
     let spec = FleetSpec {
-        endpoints: vec![Endpoint::parse(&args.url)?],
+        endpoints: vec![endpoint],
         target: args.target,
         streams: args.streams,
         connect_concurrency: args.connect_concurrency,
         ready_timeout: Duration::from_secs(30),
         expected_seqs: None,
+        h2,
     };
     let fleet = Fleet::launch(spec, dialer);
     let open_time = fleet.wait_open().await;
@@ -126,6 +158,7 @@ pub async fn run(args: HoldArgs, dialer: Arc<Dialer>) -> anyhow::Result<HoldRepo
         scenario: "hold",
         target: args.target,
         streams_requested: args.streams,
+        h2_connections,
         streams_opened: result.opened,
         streams_failed: result.failed,
         streams_lost: result.ended_early,
@@ -136,6 +169,7 @@ pub async fn run(args: HoldArgs, dialer: Arc<Dialer>) -> anyhow::Result<HoldRepo
         rss_baseline_kb: baseline,
         rss_held_kb: held,
         rss_per_stream_bytes: per_stream,
+        rss_per_h2_connection_bytes: per_connection,
         errors: result.errors,
     })
 }

@@ -9,10 +9,13 @@
 //! Modules: `client` (raw HTTP/1.1 and SSE over TCP; chunked decoding is
 //! `sse_wire::Dechunker`), `fleet` (N client streams and what they receive), `payload`
 //! (the `{seq,ts}` payload), `target` (ours vs Nchan), `stats`
-//! (percentiles), `proc` (server RSS and CPU), `publisher` (publishing over
-//! HTTP or RabbitMQ), `report` (progress and output), one module per
-//! scenario (`admin` and `roster` measure the control plane, `resume` the
-//! replay of missed events), and `compare` (the results table).
+//! (percentiles), `proc` (server RSS and CPU, kernel TCP memory),
+//! `publisher` (publishing over HTTP or RabbitMQ), `report` (progress and
+//! output), one module per scenario (`admin` and `roster` measure the
+//! control plane; `storm` and `stall` the faults: a gateway killed under
+//! thousands of `EventSource` clients, clients that stop reading; `resume`
+//! the replay of missed events), `h2` (HTTP/2 over TLS streams and the
+//! `cert` command), and `compare` (the results table).
 
 mod admin;
 mod backend;
@@ -21,6 +24,7 @@ mod client;
 mod compare;
 mod fanout;
 mod fleet;
+mod h2;
 mod hold;
 mod payload;
 mod proc;
@@ -29,7 +33,9 @@ mod report;
 mod resume;
 mod roster;
 mod send;
+mod stall;
 mod stats;
+mod storm;
 mod target;
 
 use std::process::ExitCode;
@@ -69,8 +75,16 @@ enum Command {
     Resume(resume::ResumeArgs),
     /// Connect, wait until open, close, repeat; connects per second.
     Churn(churn::ChurnArgs),
+    /// N EventSource-like clients through a gateway in front of a slow backend, before and after
+    /// the gateway is killed and restarted: time until all are back, fatal answers, backend peak (ours only).
+    Storm(storm::StormArgs),
+    /// Healthy streams under a steady publish rate next to streams that never read: healthy
+    /// latency, server RSS, kernel TCP memory, stalled streams closed over time.
+    Stall(stall::StallArgs),
     /// Print the ours-vs-Nchan table of a results directory.
     Compare(compare::CompareArgs),
+    /// Write a self-signed certificate (cert.pem, key.pem) for a gateway under test with TLS.
+    Cert(h2::CertArgs),
 }
 
 fn main() -> ExitCode {
@@ -103,6 +117,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Roster(args) => emit(&roster::run(args, dialer).await?, cli.json),
         Command::Resume(args) => emit(&resume::run(args, dialer).await?, cli.json),
         Command::Churn(args) => emit(&churn::run(args, dialer).await?, cli.json),
+        Command::Cert(args) => h2::write_cert(&args),
+        Command::Storm(args) => emit(&storm::run(args, dialer).await?, cli.json),
+        Command::Stall(args) => emit(&stall::run(args, dialer).await?, cli.json),
         Command::Compare(args) => {
             print!("{}", compare::table(&args.dir)?);
             Ok(())

@@ -17,6 +17,15 @@ pub fn encode(seq: u64, ts: u64) -> String {
     format!(r#"{{"seq":{seq},"ts":{ts}}}"#)
 }
 
+/// Like [`encode`], with a `"pad"` string of `pad` bytes after the two
+/// numbers (events of a chosen size; [`decode`] still finds them).
+pub fn encode_padded(seq: u64, ts: u64, pad: usize) -> String {
+    if pad == 0 {
+        return encode(seq, ts);
+    }
+    format!(r#"{{"seq":{seq},"ts":{ts},"pad":"{}"}}"#, "x".repeat(pad))
+}
+
 /// Reads `seq` and `ts` from event data: the bare payload (Nchan) or the
 /// gateway's envelope `{"type":"bench","payload":{"seq":..,"ts":..}}`.
 /// A scan for the two keys instead of a JSON parse: the client must keep up
@@ -43,6 +52,14 @@ mod tests {
         let envelope = format!(r#"{{"type":"bench","payload":{bare}}}"#);
         assert_eq!(decode(&envelope), Some((12, 1_764_000_000_000_000)));
         assert_eq!(decode(r#"{"seq": 3, "ts": 4}"#), Some((3, 4)));
+    }
+
+    #[test]
+    fn padded_payloads_decode_alike() {
+        let padded = encode_padded(7, 99, 100);
+        assert_eq!(padded.len(), encode(7, 99).len() + 100 + r#","pad":"""#.len());
+        assert_eq!(decode(&padded), Some((7, 99)));
+        assert_eq!(encode_padded(7, 99, 0), encode(7, 99));
     }
 
     #[test]

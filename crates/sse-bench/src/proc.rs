@@ -3,8 +3,10 @@
 //! `schedstat` in nanoseconds for short phases) summed over the
 //! server's PIDs (Nginx's master and worker, or the gateway alone), the load
 //! generator's own CPU, and the whole machine's busy time, so a result shows
-//! when something else was competing for the two cores. Linux only, like the
-//! whole benchmark.
+//! when something else was competing for the two cores; and the kernel's TCP
+//! memory (`/proc/net/sockstat`) with the bytes queued in the sockets of one
+//! server port, split by side (`/proc/net/tcp`). Linux only, like the whole
+//! benchmark.
 
 use std::time::Instant;
 
@@ -166,6 +168,73 @@ impl PhaseMeter {
     }
 }
 
+/// The kernel's TCP socket figures for the whole machine (`/proc/net/sockstat`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct SockStat {
+    /// TCP sockets in use.
+    pub inuse: u64,
+    /// Closed by their process but still holding data or state in the kernel.
+    pub orphan: u64,
+    pub time_wait: u64,
+    /// Memory of all TCP sockets, in pages (4 KiB here): both ends of every
+    /// loopback connection, so the load generator's receive buffers too.
+    pub mem_pages: u64,
+}
+
+/// Reads `/proc/net/sockstat`.
+pub fn sockstat() -> anyhow::Result<SockStat> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").context("read /proc/net/sockstat")?;
+    parse_sockstat(&text).context("no TCP line in /proc/net/sockstat")
+}
+
+fn parse_sockstat(text: &str) -> Option<SockStat> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let fields: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let get = |name: &str| fields.chunks(2).find(|kv| kv[0] == name).and_then(|kv| kv.get(1)?.parse().ok());
+    Some(SockStat { inuse: get("inuse")?, orphan: get("orphan")?, time_wait: get("tw")?, mem_pages: get("mem")? })
+}
+
+/// Bytes waiting in the kernel queues of the connections of one server port
+/// (IPv4, from `/proc/net/tcp`): the server's side (send queues of sockets
+/// on the port, orphans included) and the clients' side (receive queues of
+/// sockets connected to it).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PortQueues {
+    /// Bytes the server's sockets hold unsent or unacknowledged.
+    pub server_send_bytes: u64,
+    /// The server's sockets holding any.
+    pub server_sockets_with_send_queue: u64,
+    /// Bytes the clients' sockets hold unread.
+    pub client_receive_bytes: u64,
+}
+
+/// Reads `/proc/net/tcp` for `port`.
+pub fn port_queues(port: u16) -> anyhow::Result<PortQueues> {
+    let text = std::fs::read_to_string("/proc/net/tcp").context("read /proc/net/tcp")?;
+    Ok(parse_port_queues(&text, port))
+}
+
+fn parse_port_queues(text: &str, port: u16) -> PortQueues {
+    let port_of = |addr: &str| addr.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+    let mut q = PortQueues::default();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl local remote st tx_queue:rx_queue ...; state 0A is LISTEN.
+        let (Some(local), Some(remote), Some(state), Some(queues)) = (f.get(1), f.get(2), f.get(3), f.get(4)) else {
+            continue;
+        };
+        let Some((tx, rx)) = queues.split_once(':') else { continue };
+        let (tx, rx) = (u64::from_str_radix(tx, 16).unwrap_or(0), u64::from_str_radix(rx, 16).unwrap_or(0));
+        if port_of(local) == Some(port) && *state != "0A" {
+            q.server_send_bytes += tx;
+            q.server_sockets_with_send_queue += u64::from(tx > 0);
+        } else if port_of(remote) == Some(port) {
+            q.client_receive_bytes += rx;
+        }
+    }
+    q
+}
+
 fn rss_kb(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
@@ -229,6 +298,22 @@ mod tests {
         assert_eq!(parse_machine_busy(machine), Some(130));
         assert_eq!(parse_schedstat_nanos("194850022 12095578 399\n"), Some(194_850_022));
         assert_eq!(parse_schedstat_nanos(""), None);
+    }
+
+    #[test]
+    fn reads_tcp_memory_and_the_queues_of_one_port() {
+        let sockstat = "sockets: used 35\nTCP: inuse 11 orphan 2 tw 4 alloc 14 mem 307\nUDP: inuse 0 mem 0\n";
+        let st = parse_sockstat(sockstat).expect("TCP line");
+        assert_eq!((st.inuse, st.orphan, st.time_wait, st.mem_pages), (11, 2, 4, 307));
+        // Port 0x0BB8 = 3000: a listener, a server socket holding 0x100
+        // bytes, the client of it holding 0x20 unread, another port's socket.
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 0100007F:0BB8 00000000:0000 0A 00000000:00000005 00:00000000 00000000 0 0 1 1\n\
+            1: 0100007F:0BB8 0200007F:9C40 01 00000100:00000000 00:00000000 00000000 0 0 2 1\n\
+            2: 0200007F:9C40 0100007F:0BB8 01 00000000:00000020 00:00000000 00000000 0 0 3 1\n\
+            3: 0100007F:1F90 0300007F:9C42 01 00000400:00000000 00:00000000 00000000 0 0 4 1\n";
+        let q = parse_port_queues(tcp, 3000);
+        assert_eq!((q.server_send_bytes, q.server_sockets_with_send_queue, q.client_receive_bytes), (0x100, 1, 0x20));
     }
 
     #[test]

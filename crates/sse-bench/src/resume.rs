@@ -21,7 +21,7 @@ use serde::Serialize;
 use sse_wire::Frame;
 
 use crate::client::{Dialer, Endpoint, HttpConn, SseStream};
-use crate::fleet::open_until_ready;
+use crate::fleet::{ClientStream, open_until_ready};
 use crate::payload;
 use crate::proc::{PhaseCpu, PhaseMeter, ProcessProbe, own_cpu_nanos};
 use crate::publisher::Publisher;
@@ -201,6 +201,7 @@ pub async fn run(args: ResumeArgs, dialer: std::sync::Arc<Dialer>) -> anyhow::Re
         let (stream, _) = tokio::time::timeout(deadline, open_until_ready(&dialer, first, &path, Target::Ours))
             .await
             .context("the first stream was not ready in time")??;
+        let ClientStream::Http1(stream) = stream else { bail!("resume opens HTTP/1.1 streams only") };
         let cursor = stream.last_event_id().to_owned();
         let Some(from) = cursor_n(&cursor) else {
             bail!("`ready` carried no cursor ({cursor:?}): is HISTORY_SECONDS set on the gateway?")

@@ -140,6 +140,7 @@ pub async fn run(args: SendArgs, dialer: Arc<Dialer>) -> anyhow::Result<SendRepo
         connect_concurrency: args.connect_concurrency,
         ready_timeout: Duration::from_secs(30),
         expected_seqs: None,
+        h2: None,
     };
     let fleet = Fleet::launch(spec, Arc::clone(&dialer));
     fleet.wait_open().await;

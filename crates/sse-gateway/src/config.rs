@@ -10,6 +10,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::tls::{TlsConfig, TlsError};
+
 /// One setting as documented: its environment variable, its flag, its
 /// default (text, parsed by the same rules as a given value) and its help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +81,10 @@ pub mod settings {
         INTERNAL_PORT = "INTERNAL_PORT", "internal-port", None, "Port of the internal listener on 127.0.0.1 (/internal/*, /metrics)";
         INTERNAL_LISTEN = "INTERNAL_LISTEN", "internal-listen", None, "Internal listener address ip:port, overrides INTERNAL_PORT; port 0 picks a free port";
         INTERNAL_API_SECRET = "INTERNAL_API_SECRET", "internal-api-secret", None, "Bearer secret that unlocks /internal/publish and /metrics on the public port";
-        STREAM_SNDBUF_BYTES = "STREAM_SNDBUF_BYTES", "stream-sndbuf-bytes", Some("131072"), "Kernel send buffer of each stream socket (the kernel doubles it), so a client that stops reading holds little kernel memory; 0 = the kernel's default";
-        STREAM_STALL_SECONDS = "STREAM_STALL_SECONDS", "stream-stall-seconds", Some("30"), "Close a stream (reason error) whose socket has taken no byte for this long while data waits; 0 = never";
+        TLS_CERT_FILE = "TLS_CERT_FILE", "tls-cert-file", None, "PEM certificate chain (leaf first); with TLS_KEY_FILE the public listener serves HTTPS with HTTP/2 and HTTP/1.1 (ALPN); read once at start";
+        TLS_KEY_FILE = "TLS_KEY_FILE", "tls-key-file", None, "PEM private key of TLS_CERT_FILE (PKCS#8, PKCS#1 or SEC1)";
+        STREAM_SNDBUF_BYTES = "STREAM_SNDBUF_BYTES", "stream-sndbuf-bytes", Some("32768"), "Kernel send buffer of each stream socket (the kernel doubles it), so a client that stops reading holds little kernel memory; 0 = the kernel's default";
+        STREAM_STALL_SECONDS = "STREAM_STALL_SECONDS", "stream-stall-seconds", Some("10"), "Close a stream (reason error) whose socket has taken no byte for this long while data waits; 0 = never";
         MAX_CONNECTIONS = "MAX_CONNECTIONS", "max-connections", Some("50000"), "Most streams at once; beyond it a new stream gets a retry hint and ends";
         MAX_HEADER_BYTES = "MAX_HEADER_BYTES", "max-header-bytes", Some("16384"), "Largest request head in bytes (larger: 431); at least 1024";
         RABBITMQ_URL = "RABBITMQ_URL", "rabbitmq-url", None, "AMQP URL; enables the RabbitMQ ingress (scale-out)";
@@ -130,6 +134,9 @@ pub struct Config {
     pub internal_listen: Option<SocketAddr>,
     /// Bearer secret that unlocks `/internal/publish` and `/metrics` on the public listener.
     pub internal_api_secret: Option<String>,
+    /// `TLS_CERT_FILE` and `TLS_KEY_FILE`, loaded: the public listener
+    /// serves HTTPS (h2 and HTTP/1.1). `None`: plain HTTP.
+    pub tls: Option<TlsConfig>,
     /// Most streams (pending + open) at once; beyond it a stream gets `retry:` and ends.
     pub max_connections: usize,
     /// Largest request head (request line + headers) accepted.
@@ -221,6 +228,17 @@ pub enum ConfigError {
     /// `RABBITMQ_URL` is not an AMQP URL.
     #[error("invalid RABBITMQ_URL: expected amqp://user:pass@host:port/vhost")]
     AmqpUrl,
+    /// Only one of `TLS_CERT_FILE` and `TLS_KEY_FILE` is set.
+    #[error("{set} is set but {missing} is not: HTTPS needs both")]
+    TlsIncomplete {
+        /// The variable that is set.
+        set: &'static str,
+        /// The one that is missing.
+        missing: &'static str,
+    },
+    /// The certificate or key cannot be used.
+    #[error("TLS_CERT_FILE/TLS_KEY_FILE: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Reads settings through a lookup, applying each setting's default.
@@ -350,6 +368,7 @@ impl Config {
             default_bindings,
             internal_listen,
             internal_api_secret: r.text(s::INTERNAL_API_SECRET),
+            tls: TlsConfig::from_lookup(&r.lookup)?,
             max_connections: usize_of(r.number(s::MAX_CONNECTIONS, 1, positive)?.unwrap_or(50_000)),
             max_header_bytes: usize_of(r.number(s::MAX_HEADER_BYTES, 1024, "an integer >= 1024")?.unwrap_or(16_384)),
             resume_ttl,
@@ -366,7 +385,7 @@ impl Config {
                 .filter(|n| *n > 0)
                 .map(usize_of),
             stream_stall: Duration::from_secs(
-                r.number(s::STREAM_STALL_SECONDS, 0, "an integer number of seconds (0: never)")?.unwrap_or(30),
+                r.number(s::STREAM_STALL_SECONDS, 0, "an integer number of seconds (0: never)")?.unwrap_or(10),
             ),
             history: Duration::from_secs(
                 r.number(s::HISTORY_SECONDS, 0, "an integer number of seconds (0: off)")?.unwrap_or(0),
@@ -398,6 +417,24 @@ fn instance_id(lookup: &impl Fn(&str) -> Option<String>) -> String {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         format!("{}-{}", host.trim(), &suffix[..8])
     })
+}
+
+impl TlsConfig {
+    /// `TLS_CERT_FILE` and `TLS_KEY_FILE` through a lookup, loaded and
+    /// checked; `None` when neither is set.
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<TlsConfig>, ConfigError> {
+        let r = Reader { lookup };
+        match (r.text(s::TLS_CERT_FILE), r.text(s::TLS_KEY_FILE)) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsConfig::load(cert, key)?)),
+            (Some(_), None) => {
+                Err(ConfigError::TlsIncomplete { set: s::TLS_CERT_FILE.env, missing: s::TLS_KEY_FILE.env })
+            }
+            (None, Some(_)) => {
+                Err(ConfigError::TlsIncomplete { set: s::TLS_KEY_FILE.env, missing: s::TLS_CERT_FILE.env })
+            }
+        }
+    }
 }
 
 impl AmqpConfig {

@@ -222,7 +222,11 @@ async fn resume_from(shared: &Shared, request: &ClientRequest) -> Option<String>
         .find(|(k, _)| k == crate::headers::LAST_EVENT_ID)
         .map(|(_, v)| v.clone())
         .or_else(|| crate::keys::query_param(&request.url, "lastEventId"))?;
-    if let Some(wanted) = shared.router.ahead_of_history(&id) {
+    // Only a cluster has other instances ahead of this one; alone, a cursor
+    // ahead of the history is unknown at once.
+    if shared.amqp.is_some()
+        && let Some(wanted) = shared.router.ahead_of_history(&id)
+    {
         let mut position = shared.router.watch_position();
         let _ = tokio::time::timeout(CATCH_UP, position.wait_for(|p| *p >= wanted)).await;
     }

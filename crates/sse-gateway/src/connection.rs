@@ -5,10 +5,13 @@
 //! Only the common case takes the raw path: an HTTP/1.1 `GET` without a body
 //! for a stream path on the public listener. Everything else (the internal
 //! API, health, `HEAD`, HTTP/1.0, requests with bodies, and every later
-//! request on a kept-alive connection) is hyper's.
+//! request on a kept-alive connection) is hyper's. So is every connection to
+//! a public listener with TLS: after the handshake, hyper speaks the
+//! protocol ALPN chose (h2, else HTTP/1.1) over the TLS stream.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,15 +22,26 @@ use tokio::net::TcpStream;
 use crate::connect::{self, Decision};
 use crate::error::{ApiError, ErrorCode};
 use crate::hook::ClientRequest;
+use crate::hyper_path::Rewind;
+use crate::protocols::Protocol;
 use crate::raw_stream;
 use crate::routes::{self, Listener, Route};
 use crate::shared::Shared;
 
-/// How long a client may take to send its request head.
+/// How long a client may take to send its request head (or, with TLS, to
+/// finish the handshake).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one connection to its end.
-pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, listener: Listener) {
+pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listener: Listener) {
+    if listener == Listener::Public && shared.config.tls.is_some() {
+        // Boxed, like every later phase: the plain path's task stays small.
+        return Box::pin(serve_tls(shared, tcp, peer)).await;
+    }
+    serve_plain(shared, tcp, peer, listener).await;
+}
+
+async fn serve_plain(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, listener: Listener) {
     let mut buf = Vec::with_capacity(1024);
     // Boxed: the timer and read state are freed once the head is in, instead
     // of staying in the task for the stream's whole life.
@@ -53,8 +67,27 @@ pub(crate) async fn serve(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketA
         let request = first.request;
         Box::pin(raw(shared, tcp, peer, request)).await;
     } else {
-        Box::pin(crate::hyper_path::serve(shared, tcp, peer, Bytes::from(buf), listener)).await;
+        let fd = tcp.as_raw_fd();
+        let io = Rewind::new(Bytes::from(buf), tcp);
+        Box::pin(crate::hyper_path::serve(shared, io, fd, peer, listener, Protocol::Http1)).await;
     }
+}
+
+/// A connection to the public listener with TLS: handshake, then hyper.
+async fn serve_tls(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let Some(tls) = &shared.config.tls else { return };
+    if let Some(bytes) = shared.config.stream_sndbuf {
+        // As for raw streams: a client that stops reading holds this much kernel memory.
+        let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(bytes);
+    }
+    let fd = tcp.as_raw_fd();
+    let (io, h2) = match tokio::time::timeout(HEAD_TIMEOUT, tls.accept(tcp)).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    let protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
+    crate::hyper_path::serve(Arc::clone(&shared), io, fd, peer, Listener::Public, protocol).await;
 }
 
 async fn raw(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, request: ClientRequest) {

@@ -9,7 +9,12 @@
 //! failed callback is given up at once and counted. During the drain a
 //! waiting retry is tried again at once, then every 200 ms, until the drain
 //! gives up on it.
+//!
+//! Callbacks not finished yet (waiting for a slot, in flight, or waiting for
+//! a retry) are counted, so a drain that must exit before they are can say
+//! how many the backend may never hear.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,6 +89,8 @@ fn request_bytes(request: &ClientRequest) -> usize {
 pub(crate) struct Disconnects {
     window: Duration,
     waiting: Waiting,
+    /// Callbacks between the start of [`Disconnects::deliver`] and its return.
+    unfinished: AtomicUsize,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     /// Every attempt takes a callback slot (paced like connects).
@@ -97,12 +104,18 @@ impl Disconnects {
         shutdown: CancellationToken,
         pacing: Arc<Pacing>,
     ) -> Self {
-        Self { window, waiting: Waiting::default(), metrics, shutdown, pacing }
+        Self { window, waiting: Waiting::default(), unfinished: AtomicUsize::new(0), metrics, shutdown, pacing }
     }
 
     /// Retries waiting now.
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.count()
+    }
+
+    /// Callbacks not finished now: waiting for a slot, in flight, or waiting
+    /// for a retry (neither taken, refused nor given up yet).
+    pub(crate) fn unfinished(&self) -> usize {
+        self.unfinished.load(Ordering::Relaxed)
     }
 
     /// Sends the disconnect callback of `token`, retrying transient failures
@@ -114,6 +127,8 @@ impl Disconnects {
         reason: DisconnectReason,
         request: &ClientRequest,
     ) {
+        self.unfinished.fetch_add(1, Ordering::Relaxed);
+        let _finished = Finished(&self.unfinished);
         let window_end = Instant::now() + self.window;
         let mut backoff = FIRST_BACKOFF;
         let mut reservation = None;
@@ -154,6 +169,16 @@ impl Disconnects {
             backoff = (backoff * 2).min(MAX_BACKOFF);
             attempt += 1;
         }
+    }
+}
+
+/// Takes one callback off the unfinished count when its delivery returns
+/// (or is dropped with the runtime).
+struct Finished<'a>(&'a AtomicUsize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -4,9 +4,10 @@
 
 use std::sync::LazyLock;
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 
-/// Headers of every SSE stream (SSEGateway's set).
+/// Headers of every SSE stream (SSEGateway's set); over HTTP/2 without
+/// `connection` (see [`sse_for`]).
 pub(crate) const SSE: [(&str, &str); 4] = [
     ("content-type", "text/event-stream"),
     ("cache-control", "no-cache"),
@@ -31,8 +32,17 @@ pub(crate) const JSON: &str = "application/json; charset=utf-8";
 /// Content type of `/metrics`.
 pub(crate) const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Headers that belong to one HTTP/1 connection, not to the message:
+/// HTTP/2 forbids them (a client treats a response carrying one as malformed).
+const HOP_BY_HOP: [&str; 4] = ["connection", "keep-alive", "transfer-encoding", "upgrade"];
+
+/// The SSE headers of a stream answered in `version`.
+pub(crate) fn sse_for(version: Version) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    SSE.iter().filter(move |(name, _)| version < Version::HTTP_2 || !HOP_BY_HOP.contains(name))
+}
+
 /// Adds `set` to `headers` (replacing same-named ones).
-pub(crate) fn apply(headers: &mut HeaderMap, set: &[(&'static str, &'static str)]) {
+pub(crate) fn apply<'a>(headers: &mut HeaderMap, set: impl IntoIterator<Item = &'a (&'static str, &'static str)>) {
     for (name, value) in set {
         headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
     }
@@ -75,6 +85,13 @@ mod tests {
              access-control-allow-methods: GET, POST, OPTIONS\r\n\
              access-control-allow-headers: Content-Type, Cache-Control\r\ntransfer-encoding: chunked\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn http2_streams_carry_no_hop_by_hop_header() {
+        let names = |v| sse_for(v).map(|(n, _)| *n).collect::<Vec<_>>();
+        assert_eq!(names(Version::HTTP_11), ["content-type", "cache-control", "connection", "x-accel-buffering"]);
+        assert_eq!(names(Version::HTTP_2), ["content-type", "cache-control", "x-accel-buffering"]);
     }
 
     #[test]

@@ -1,26 +1,34 @@
 //! Everything hyper serves: the internal API, health, metrics, `OPTIONS`,
-//! an embedding application's requests, and the streams that do not take the
-//! raw path (`HEAD`, HTTP/1.0, later requests on a kept-alive connection).
+//! an embedding application's requests, the streams that do not take the
+//! raw path (`HEAD`, HTTP/1.0, later requests on a kept-alive connection),
+//! and every request of a TLS connection, HTTP/1.1 or HTTP/2 alike.
 //!
 //! Routing is `routes::resolve`; the answers themselves come from `api`;
-//! this module owns the hyper glue: the connection, body limits, response
-//! headers and the response body types.
+//! this module owns the hyper glue: the connection (HTTP/1.1 or HTTP/2, with
+//! its abort token), body limits, response headers and the response body
+//! types.
+//!
+//! An HTTP/2 connection carries many streams, each a task of its own that
+//! hyper spawns; they share the connection's abort token, so a slow consumer
+//! cut or a stall ends every stream of that connection (a client that does
+//! not read its socket stalls all of them anyway). The HTTP/2 settings keep
+//! an idle stream small (`protocols`).
 
 use std::convert::Infallible;
 use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +40,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::events::{Endpoint, Event};
 use crate::headers;
 use crate::hook::ClientRequest;
+use crate::protocols::Protocol;
 use crate::queue::{Batch, StreamHandle};
 use crate::routes::{self, Listener, Route};
 use crate::shared::Shared;
@@ -41,32 +50,35 @@ type Resp = Response<ResponseBody>;
 /// Oversized bodies up to this size are read and discarded before the 413.
 const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 
-/// How long a client may take to send a request head on a kept-alive connection.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Serves a connection with hyper; `prefix` holds the bytes already read.
-pub(crate) async fn serve(
+/// Serves a connection with hyper until it ends. `fd` is its TCP socket's,
+/// for the reset when the connection is cut.
+pub(crate) async fn serve<I>(
     shared: Arc<Shared>,
-    tcp: TcpStream,
+    io: I,
+    fd: RawFd,
     peer: std::net::SocketAddr,
-    prefix: Bytes,
     listener: Listener,
-) {
-    // Cuts the connection when one of its streams overflows, or at the shutdown deadline.
+    protocol: Protocol,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Cuts the connection when one of its streams overflows or stalls, or at the shutdown deadline.
     let abort = shared.cut.child_token();
     let svc_shared = Arc::clone(&shared);
     let svc_abort = abort.clone();
     let svc = service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(peer);
+        if req.version() == Version::HTTP_2 {
+            with_host_from_authority(&mut req);
+        }
         let shared = Arc::clone(&svc_shared);
         let abort = svc_abort.clone();
-        async move { Ok::<_, Infallible>(handle(shared, abort, listener, req).await) }
+        // Boxed: hyper keeps this future in the stream's task (HTTP/2) or the
+        // connection (HTTP/1) until the answer's head is out; as a box it is
+        // freed then instead of sizing the task for the stream's whole life.
+        Box::pin(async move { Ok::<_, Infallible>(handle(shared, abort, listener, req).await) })
     });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(shared.config.max_header_bytes.max(8192))
-        .serve_connection(TokioIo::new(Rewind::new(prefix, tcp)), svc);
+    let conn = shared.protocols.builder(protocol).serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     let mut draining = false;
     loop {
@@ -84,9 +96,24 @@ pub(crate) async fn serve(
             }
             _ = abort.cancelled() => {
                 debug!("connection aborted");
+                // Overflowed, stalled or cut: reset instead of a graceful
+                // close, so unsent bytes do not linger in kernel memory.
+                // SAFETY: the socket is owned by `conn`, alive until after this call.
+                let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+                let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
                 break;
             }
         }
+    }
+}
+
+/// HTTP/2 names the host in the `:authority` pseudo-header; the connect
+/// callback and an embedding application see it as `host`, as over HTTP/1.1.
+fn with_host_from_authority(req: &mut Request<Incoming>) {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(host) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, host);
     }
 }
 
@@ -211,9 +238,9 @@ fn error(shared: &Shared, e: &ApiError) -> Resp {
     r
 }
 
-fn sse(body: ResponseBody) -> Resp {
+fn sse(body: ResponseBody, version: Version) -> Resp {
     let mut r = Response::new(body);
-    headers::apply(r.headers_mut(), &headers::SSE);
+    headers::apply(r.headers_mut(), headers::sse_for(version));
     r
 }
 
@@ -221,6 +248,7 @@ async fn stream(shared: &Arc<Shared>, abort: CancellationToken, req: Request<Inc
     let url = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let request = ClientRequest::from_parts(url, req.headers());
     let peer = req.extensions().get::<std::net::SocketAddr>().copied();
+    let version = req.version();
     drop(req);
     let decision = match connect::start(shared, request, peer, Some(abort)) {
         Err(d) => d,
@@ -230,8 +258,8 @@ async fn stream(shared: &Arc<Shared>, abort: CancellationToken, req: Request<Inc
         },
     };
     match decision {
-        Decision::Stream(handle) => sse(ResponseBody::Stream(SseBody::new(handle))),
-        Decision::InStream(frame) => sse(ResponseBody::Chunked(Some(frame))),
+        Decision::Stream(handle) => sse(ResponseBody::Stream(SseBody::new(handle)), version),
+        Decision::InStream(frame) => sse(ResponseBody::Chunked(Some(frame)), version),
         Decision::Error(e) => error(shared, &e),
     }
 }
@@ -261,9 +289,24 @@ async fn read_body(shared: &Shared, req: Request<Incoming>) -> Result<Bytes, Api
     Ok(body.to_bytes())
 }
 
+/// Frames taken from a stream's queue at once.
+const BATCH_FRAMES: usize = 64;
+
+/// Largest body chunk made by joining queued frames: one HTTP/2 DATA frame
+/// at the protocol's default frame size.
+const JOINED_CHUNK: usize = 16 * 1024;
+
 /// The response body of a stream served through hyper.
+///
+/// Frames that queued up while the connection was busy go out joined into
+/// one chunk (one HTTP/2 DATA frame, one HTTP/1.1 chunk) of at most
+/// [`JOINED_CHUNK`] bytes: a copy, but one frame and one TLS record instead
+/// of one per event, and an HTTP/2 client counts (and may refuse, as the
+/// `h2` crate does) many small DATA frames piling up unread. A lone frame
+/// goes out as it is, shared with every other stream.
 pub(crate) struct SseBody {
     handle: StreamHandle,
+    /// Frames taken but not yet sent, in reverse order (empty, unallocated, when idle).
     batch: Vec<Bytes>,
 }
 
@@ -281,14 +324,41 @@ impl http_body::Body for SseBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         if this.batch.is_empty() {
-            match this.handle.queue().take_batch(&mut this.batch, 64, cx.waker()) {
+            match this.handle.queue().take_batch(&mut this.batch, BATCH_FRAMES, cx.waker()) {
                 Batch::Frames => this.batch.reverse(),
                 Batch::Empty => return Poll::Pending,
                 Batch::End(_) | Batch::Abandon => return Poll::Ready(None),
             }
         }
-        Poll::Ready(this.batch.pop().map(|b| Ok(Frame::data(b))))
+        let chunk = join_next(&mut this.batch);
+        if this.batch.is_empty() {
+            // An idle stream keeps no batch allocation.
+            this.batch = Vec::new();
+        }
+        Poll::Ready(chunk.map(|b| Ok(Frame::data(b))))
     }
+}
+
+/// Pops the next frame off `reversed`, joined with the ones after it while
+/// the total stays within [`JOINED_CHUNK`].
+fn join_next(reversed: &mut Vec<Bytes>) -> Option<Bytes> {
+    let first = reversed.pop()?;
+    let mut len = first.len();
+    let joined = reversed.iter().rev().take_while(|b| {
+        len += b.len();
+        len <= JOINED_CHUNK
+    });
+    let n = joined.count();
+    if n == 0 {
+        return Some(first);
+    }
+    let rest = reversed.split_off(reversed.len() - n);
+    let mut out = BytesMut::with_capacity(first.len() + rest.iter().map(Bytes::len).sum::<usize>());
+    out.extend_from_slice(&first);
+    for b in rest.iter().rev() {
+        out.extend_from_slice(b);
+    }
+    Some(out.freeze())
 }
 
 /// Every response body the hyper-served surface produces.
@@ -377,5 +447,24 @@ impl AsyncWrite for Rewind {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_frames_are_joined_up_to_one_chunk_in_order() {
+        let frame = |c: u8, n: usize| Bytes::from(vec![c; n]);
+        let mut reversed = vec![frame(b'd', 12_000), frame(b'c', 6_000), frame(b'b', 100), frame(b'a', 100)];
+        let first = join_next(&mut reversed).unwrap();
+        assert_eq!(first.len(), 6_200, "a, b and c fit in one chunk; d does not");
+        assert_eq!((&first[..100], &first[100..200], first[200]), (&[b'a'; 100][..], &[b'b'; 100][..], b'c'));
+        assert_eq!(join_next(&mut reversed).unwrap(), frame(b'd', 12_000), "a lone frame goes out as it is");
+        assert!(join_next(&mut reversed).is_none());
+        let mut big = vec![frame(b'y', 10), frame(b'x', 40_000)];
+        assert_eq!(join_next(&mut big).unwrap().len(), 40_000, "a frame larger than a chunk is not split");
+        assert_eq!(join_next(&mut big).unwrap().len(), 10);
     }
 }

@@ -14,7 +14,8 @@
 //!   stream's bounded queue, as clones of one shared buffer.
 //!
 //! The public API is what an embedder needs: [`Config`] (read with
-//! [`Config::from_lookup`]), [`Gateway::builder`], [`listen`], the
+//! [`Config::from_lookup`]; its [`TlsConfig`] switches the public listener
+//! to HTTPS with HTTP/2), [`Gateway::builder`], [`listen`], the
 //! [`ConnectHook`] seam and its types, an embedding [`AppService`], and the
 //! in-process [`GatewayHandle`]. Everything else is private to the crate.
 //!
@@ -43,6 +44,7 @@ mod hyper_path;
 mod keys;
 mod metrics;
 mod pacing;
+mod protocols;
 mod queue;
 mod raw_stream;
 mod retry;
@@ -50,6 +52,7 @@ mod router;
 mod routes;
 mod server;
 mod shared;
+mod tls;
 
 pub use app::{AppBody, AppService};
 pub use config::{AmqpConfig, Config, ConfigError, SETTINGS, Setting};
@@ -57,3 +60,4 @@ pub use deliver::{DeliveryError, SendStatus};
 pub use gateway::{Gateway, GatewayBuilder, GatewayHandle, OutEvent};
 pub use hook::{Accepted, ClientRequest, ConnectHook, DisconnectReason, HookFuture, HttpCallbackHook, Refusal};
 pub use server::listen;
+pub use tls::{TlsConfig, TlsError};

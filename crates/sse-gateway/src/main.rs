@@ -110,9 +110,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
         info!(addr = %a, "internal listener");
         println!("sse-gateway internal listener on http://{a}");
     }
+    let scheme = match &config.tls {
+        Some(tls) => {
+            info!(cert = %tls.cert_file().display(), "TLS on the public listener: HTTP/2 and HTTP/1.1 (ALPN)");
+            "https"
+        }
+        None => "http",
+    };
     info!(%addr, "sse-gateway listening");
     // Scripts and tests read this line to learn the port when it was 0.
-    println!("sse-gateway listening on http://{addr}");
+    println!("sse-gateway listening on {scheme}://{addr}");
     gateway.serve(listener, internal).await;
     Ok(())
 }

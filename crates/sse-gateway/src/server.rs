@@ -117,8 +117,9 @@ async fn drain(shared: &Arc<Shared>, connections: &TaskTracker) {
     let callbacks_deadline = deadline.max(Instant::now() + shared.config.callback_timeout + Duration::from_secs(1));
     if tokio::time::timeout_at(callbacks_deadline, shared.tracker.wait()).await.is_err() {
         warn!(
+            unfinished = shared.disconnects.unfinished(),
             waiting_for_retry = shared.disconnects.waiting(),
-            "some disconnect callbacks did not finish before exit; the backend never heard them"
+            "some disconnect callbacks did not finish before exit; the backend may never hear them"
         );
     }
 }

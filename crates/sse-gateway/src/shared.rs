@@ -18,6 +18,7 @@ use crate::history::{AMQP_EPOCH, History};
 use crate::hook::ConnectHook;
 use crate::metrics::Metrics;
 use crate::pacing::Pacing;
+use crate::protocols::Protocols;
 use crate::router::Router;
 
 /// State shared by every connection of one gateway.
@@ -26,7 +27,7 @@ pub(crate) struct Shared {
     pub(crate) router: Arc<Router>,
     pub(crate) hook: Option<Arc<dyn ConnectHook>>,
     pub(crate) metrics: Arc<Metrics>,
-    /// Connect tasks and disconnect callbacks; shutdown waits for them.
+    /// Connect tasks, disconnect callbacks and HTTP/2 stream tasks; shutdown waits for them.
     pub(crate) tracker: TaskTracker,
     /// Fired to start a graceful shutdown.
     pub(crate) shutdown: CancellationToken,
@@ -42,6 +43,8 @@ pub(crate) struct Shared {
     pub(crate) disconnects: Disconnects,
     /// Slots for backend callbacks in flight, and the connects waiting for one.
     pub(crate) callbacks: Arc<Pacing>,
+    /// hyper's HTTP/1 and HTTP/2 connection settings.
+    pub(crate) protocols: Protocols,
 }
 
 impl Shared {
@@ -58,12 +61,14 @@ impl Shared {
         let callbacks = Arc::new(Pacing::new(config.max_concurrent_callbacks, config.max_queued_connects));
         let disconnects =
             Disconnects::new(config.disconnect_retry, Arc::clone(&metrics), shutdown.clone(), Arc::clone(&callbacks));
+        let tracker = TaskTracker::new();
         Self {
+            protocols: Protocols::new(config.max_header_bytes, &tracker),
             config,
             router,
             hook,
             metrics,
-            tracker: TaskTracker::new(),
+            tracker,
             shutdown,
             cut: CancellationToken::new(),
             amqp,

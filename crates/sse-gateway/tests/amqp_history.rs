@@ -10,9 +10,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sse_testkit::{AmqpPublisher, Backend, Process, RabbitNode, SseClient, amqp_url, send_json};
+use sse_testkit::{AmqpPublisher, Backend, Process, RabbitNode, amqp_url, send_json};
 use sse_wire::{Frame, ParsedEvent};
-use support::{DEFAULT_BINDINGS, event, payload, wait_for_metric};
+use support::{DEFAULT_BINDINGS, event, open_resuming as open, payload, wait_for_metric};
 
 /// A unique exchange prefix whose history stream is deleted on drop.
 struct Prefix(String);
@@ -47,33 +47,6 @@ async fn gateway(backend: &Backend, url: &str, p: &Prefix, instance: &str, histo
     let gw = support::gateway(backend, &env).await;
     gw.wait_for_log("connected to RabbitMQ").await;
     gw
-}
-
-/// Opens a stream (optionally resuming); returns it, its token, the events
-/// before `ready`, and `ready`. Skips callbacks of earlier streams.
-async fn open(
-    gw: &Process,
-    backend: &Backend,
-    path: &str,
-    last_event_id: Option<&str>,
-) -> (SseClient, String, Vec<ParsedEvent>, ParsedEvent) {
-    let headers: Vec<(&str, &[u8])> = last_event_id.iter().map(|id| ("Last-Event-ID", id.as_bytes())).collect();
-    let mut client = SseClient::open(gw.addr, path, &headers).await;
-    let token = loop {
-        let call = backend.next_call().await;
-        if call.action() == "connect" {
-            break call.token();
-        }
-    };
-    assert_eq!(client.head.status, 200);
-    let mut before = Vec::new();
-    loop {
-        let e = client.next_event().await;
-        if e.event_type == "ready" {
-            return (client, token, before, e);
-        }
-        before.push(e);
-    }
 }
 
 fn datas(events: &[ParsedEvent]) -> Vec<String> {
@@ -330,4 +303,18 @@ async fn a_broker_restart_loses_no_confirmed_event_and_publishers_are_told_while
     }
     let want: Vec<String> = (0..200).map(|i| payload("n", &i.to_string())).collect();
     assert_eq!(got, want, "every confirmed event, once, in order");
+}
+
+#[tokio::test]
+async fn an_admin_close_by_key_reaches_the_other_instance_through_the_history_stream() {
+    let url = amqp_url();
+    let p = Prefix::new();
+    let backend = Backend::start().await;
+    let gw1 = gateway(&backend, &url, &p, "gw1", "60").await;
+    let gw2 = gateway(&backend, &url, &p, "gw2", "60").await;
+    let (mut client, _, _, _) = open(&gw2, &backend, "/s?request_id=r1", None).await;
+    let r = send_json(gw1.internal_addr(), "/internal/close", &json!({"key": "connection.r1", "retry_ms": 1000})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["matched"], 1);
+    assert!(client.read_to_end().await.iter().any(|f| matches!(f, Frame::Retry(1000))));
 }

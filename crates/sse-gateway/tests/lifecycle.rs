@@ -1,10 +1,11 @@
 //! Black-box tests of the gateway process: configuration, `--help`, and the
-//! graceful drain on SIGTERM/SIGINT.
+//! graceful drain on SIGTERM/SIGINT (the drain of thousands of streams
+//! against a slow backend is in `storms.rs`).
 
 mod support;
 
 use serde_json::json;
-use sse_testkit::{Backend, Process, SseClient, request, send_json, within};
+use sse_testkit::{Backend, Process, Reply, SseClient, request, send_json, within};
 use sse_wire::Frame;
 use support::{BIN, stream};
 
@@ -156,6 +157,33 @@ async fn shutdown_deadline_cuts_a_stuck_stream_and_still_exits_0() {
     gw.wait_for_log("cutting them").await;
     let d = backend.expect("disconnect").await;
     assert_eq!((d.token(), d.body["reason"].as_str()), (token, Some("server_closed")));
+}
+
+#[tokio::test]
+async fn a_drain_that_cannot_deliver_every_disconnect_says_how_many_it_could_not() {
+    let backend = Backend::start().await;
+    let url = backend.callback_url();
+    let mut gw = Process::spawn(
+        BIN,
+        &[],
+        &[
+            ("LISTEN_ADDR", "127.0.0.1:0"),
+            ("CALLBACK_URL", &url),
+            ("SHUTDOWN_TIMEOUT_SECONDS", "1"),
+            ("CALLBACK_TIMEOUT_MS", "500"),
+        ],
+    )
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(stream(&gw, &backend, "/s").await.0);
+    }
+    // A backend that hears the disconnects but answers none in time.
+    backend.answer_disconnects(Reply { delay: std::time::Duration::from_secs(60), ..Reply::ok("{}") });
+    gw.signal(libc_sig::SIGTERM);
+    assert_eq!(gw.wait_exit().await, 0, "the drain gives up at its deadline and still exits 0");
+    let line = gw.wait_for_log("did not finish before exit").await;
+    assert!(line.contains("WARN") && line.contains("unfinished=5"), "{line}");
 }
 
 mod libc_sig {

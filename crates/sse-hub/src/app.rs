@@ -92,14 +92,15 @@ impl RunningHub {
     }
 }
 
-/// `http://HOST:PORT` to reach a listener at `addr` from this machine: an
-/// unspecified address (`0.0.0.0`, `::`) becomes loopback.
-pub fn local_url(addr: SocketAddr) -> String {
+/// `http://HOST:PORT` (`https://` with TLS) to reach a listener at `addr`
+/// from this machine: an unspecified address (`0.0.0.0`, `::`) becomes loopback.
+pub fn local_url(addr: SocketAddr, https: bool) -> String {
+    let scheme = if https { "https" } else { "http" };
     match addr {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
-        SocketAddr::V4(a) => format!("http://{a}"),
-        SocketAddr::V6(a) if a.ip().is_unspecified() => format!("http://[::1]:{}", a.port()),
-        SocketAddr::V6(a) => format!("http://[{}]:{}", a.ip(), a.port()),
+        SocketAddr::V4(a) if a.ip().is_unspecified() => format!("{scheme}://127.0.0.1:{}", a.port()),
+        SocketAddr::V4(a) => format!("{scheme}://{a}"),
+        SocketAddr::V6(a) if a.ip().is_unspecified() => format!("{scheme}://[::1]:{}", a.port()),
+        SocketAddr::V6(a) => format!("{scheme}://[{}]:{}", a.ip(), a.port()),
     }
 }
 
@@ -183,7 +184,7 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
     let callback = Arc::new(CallbackHandler::new(cfg.callback.clone(), manager.clone(), identity.clone()));
     let tasks = TaskService::new(cfg.tasks.clone(), manager.clone());
     tasks.start_cleanup();
-    let self_url = local_url(addr);
+    let self_url = local_url(addr, cfg.tls.is_some());
     let version = VersionService::new(cfg.version(&self_url), manager.clone());
     let subscriptions = Subscriptions::new(manager.clone());
     let logs = DeviceLogs::new(subscriptions.clone(), identity.clone(), metrics.clone());
@@ -257,6 +258,7 @@ pub async fn start(cfg: HubConfig, listener: TcpListener) -> Result<RunningHub, 
             heartbeat_interval: Duration::from_secs(cfg.heartbeat_interval_seconds),
             stream_queue_bytes: cfg.stream_queue_bytes,
             internal_api_secret: cfg.internal_api_secret.clone(),
+            tls: cfg.tls.clone(),
             resume_ttl: amqp.as_ref().map_or(Duration::ZERO, |a| a.queue_ttl),
             instance_id: amqp
                 .as_ref()
@@ -305,10 +307,11 @@ mod tests {
 
     #[test]
     fn local_url_turns_an_unspecified_address_into_loopback() {
-        let url = |s: &str| local_url(s.parse().unwrap());
+        let url = |s: &str| local_url(s.parse().unwrap(), false);
         assert_eq!(url("0.0.0.0:8080"), "http://127.0.0.1:8080");
         assert_eq!(url("[::]:8080"), "http://[::1]:8080");
         assert_eq!(url("192.168.1.2:80"), "http://192.168.1.2:80");
         assert_eq!(url("[fe80::1]:80"), "http://[fe80::1]:80");
+        assert_eq!(local_url("0.0.0.0:8443".parse().unwrap(), true), "https://127.0.0.1:8443");
     }
 }

@@ -8,8 +8,8 @@
 //! with the backend toolkit (`SSE_GATEWAY_*`, `SSE_CALLBACK_SECRET`, `OIDC_*`,
 //! `FRONTEND_VERSION_URL`, `TASK_*`, `GRACEFUL_SHUTDOWN_TIMEOUT`) are the
 //! toolkit's constants, read by [`BackendConfig::from_lookup`]; the
-//! `RABBITMQ_*` settings are the gateway's, read by
-//! [`AmqpConfig::from_lookup`]. Two toolkit settings have a different meaning
+//! `RABBITMQ_*` and `TLS_*` settings are the gateway's, read by
+//! [`AmqpConfig::from_lookup`] and [`TlsConfig::from_lookup`]. Two toolkit settings have a different meaning
 //! or default in the hub, stated in its table: `SSE_GATEWAY_URL` has no
 //! default (unset: the gateway runs in-process) and `GRACEFUL_SHUTDOWN_TIMEOUT`
 //! is 30 s (the toolkit's 600 s suits long tasks, not a demo server).
@@ -27,8 +27,8 @@ use sse_backend::config::BackendConfig;
 use sse_backend::identity::OidcConfig;
 use sse_backend::tasks::TaskConfig;
 use sse_backend::version::VersionConfig;
-use sse_gateway::AmqpConfig;
 pub use sse_gateway::config::Setting;
+use sse_gateway::{AmqpConfig, TlsConfig};
 
 use crate::mqtt::{MqttConfig, parse_url};
 
@@ -45,6 +45,8 @@ pub mod settings {
         LEASE_POLL_SECONDS = "LEASE_POLL_SECONDS", "lease-poll-seconds", Some("30"), "Re-read the lease file this often even without a file event, seconds; 0: never";
         LEASE_SNAPSHOT_THRESHOLD = "LEASE_SNAPSHOT_THRESHOLD", "lease-snapshot-threshold", Some("100"), "A reload or expiry check that changes more than this many leases sends one leases_snapshot event (the whole list) instead of one event per change; 0: always a snapshot";
         INTERNAL_API_SECRET = "INTERNAL_API_SECRET", "internal-api-secret", None, "Bearer secret of the internal routes (/internal/*); unset: only loopback clients may call them";
+        shared gateway::TLS_CERT_FILE;
+        shared gateway::TLS_KEY_FILE;
         changed gateway::HEARTBEAT_INTERVAL_SECONDS, gateway::HEARTBEAT_INTERVAL_SECONDS.default, "Period of the in-process gateway's `: heartbeat` comment, seconds (at least 1)";
         changed gateway::HISTORY_SECONDS, Some("300"), "Resumable streams of the in-process gateway: events keep an id: and stay replayable this long, so a page that reconnects (network blip, hub restart with RabbitMQ) misses nothing or is told (event: gap); 0 = off";
         changed gateway::STREAM_QUEUE_BYTES, Some("16777216"), "Bytes that may wait for one slow client of the in-process gateway before its stream is closed (a leases_snapshot of a large lease file must fit: about 250 bytes a lease)";
@@ -127,6 +129,9 @@ pub struct HubConfig {
     pub callback: CallbackConfig,
     /// `RABBITMQ_*`: the in-process gateway's AMQP ingress; `None` without `RABBITMQ_URL`.
     pub amqp: Option<AmqpConfig>,
+    /// `TLS_CERT_FILE` and `TLS_KEY_FILE`, loaded: the listener serves HTTPS
+    /// (HTTP/2 and HTTP/1.1); `None`: plain HTTP.
+    pub tls: Option<TlsConfig>,
     /// `FRONTEND_VERSION_URL` (see [`HubConfig::version`] for the file).
     pub version: VersionConfig,
     /// `FRONTEND_VERSION_FILE`, served at `/version.json`.
@@ -247,6 +252,17 @@ impl HubConfig {
                 second: s::FRONTEND_VERSION_FILE.env,
             });
         }
+        let tls = TlsConfig::from_lookup(&lookup)?;
+        if tls.is_some() {
+            // The in-process gateway serves HTTPS; an external one would
+            // need its own TLS, and the version file is fetched from the
+            // hub's own URL by a client built without TLS.
+            for other in [s::SSE_GATEWAY_URL, s::FRONTEND_VERSION_FILE] {
+                if r.text(other).is_some() {
+                    return Err(HubConfigError::Conflict { first: s::TLS_CERT_FILE.env, second: other.env });
+                }
+            }
+        }
         let mqtt = match r.text(s::MQTT_URL) {
             None => None,
             Some(url) => {
@@ -290,6 +306,7 @@ impl HubConfig {
             external_gateway: r.text(s::SSE_GATEWAY_URL).map(|_| backend.gateway),
             callback: backend.callback,
             amqp: AmqpConfig::from_lookup(&lookup)?,
+            tls,
             version: backend.version,
             frontend_version_file,
             tasks: backend.tasks,

@@ -16,10 +16,21 @@
 // for a new snapshot on the stream (POST /api/dhcp/leases/snapshot) and drops
 // deltas until it arrives. A tab that joins gets the table at once.
 //
-// To the tabs: {op:"init", requestId, conn, ready, leases, version} once,
-// then {op:"batch", items:[{type, payload}]} with every event since the last
-// batch (one message per task turn, whatever the event rate), where lease
-// events are only those to apply; `$conn` items carry the stream state.
+// Reconnects: EventSource comes back with `Last-Event-ID` (the hub's gateway
+// keeps history). After a network blip the new stream brings its snapshot,
+// then the missed events replayed before `ready`: those already in the
+// snapshot (seq not larger) are dropped, later ones applied, so nothing is
+// missing or applied twice and no snapshot is asked for. After a hub restart
+// the new process does not know the old id: the snapshot, then `gap`, and
+// the worker asks for a snapshot as for any gap.
+//
+// To the tabs: {op:"init", requestId, conn, ready, leases, version, stats}
+// once, then {op:"batch", items:[{type, payload}]} with every event since the
+// last batch (one message per task turn, whatever the event rate), where
+// lease events are only those to apply; `$conn` items carry the stream
+// state, `$stats` items the stream counters when they changed: streams that
+// went live, events replayed to them, gaps, snapshots asked for, and whether
+// the lease table is in step (a snapshot applied and none awaited).
 // Device-log lines go only to the tabs that subscribed to that device.
 // From the tabs: hello, bye, subscribe, unsubscribe, alive-lock (a Web Lock
 // the tab holds for its life: when this worker is granted it, the tab is gone).
@@ -40,18 +51,32 @@ let retryTimer = null;
 let outbox = [];
 let flushQueued = false;
 let fatal = null; // why there is no stream at all (told to every tab that joins)
+const stats = { streams: 0, replayed: 0, gaps: 0, resyncs: 0 };
+let sentStats = "";
+let lastId = ""; // the id of the last event seen (what EventSource resumes from)
 
 function post(client, msg) {
   try { client.port.postMessage(msg); } catch { clients.delete(client); }
 }
 
+function scheduleFlush() {
+  if (!flushQueued) { flushQueued = true; setTimeout(flush, 0); }
+}
+
 function queue(type, payload) {
   outbox.push({ type, payload });
-  if (!flushQueued) { flushQueued = true; setTimeout(flush, 0); }
+  scheduleFlush();
+}
+
+function currentStats() {
+  return { ...stats, synced: lease.seq !== null && !lease.requesting };
 }
 
 function flush() {
   flushQueued = false;
+  const s = currentStats();
+  const key = JSON.stringify(s);
+  if (key !== sentStats) { sentStats = key; outbox.push({ type: "$stats", payload: s }); }
   if (!outbox.length) return;
   const items = outbox;
   outbox = [];
@@ -81,7 +106,10 @@ function connect() {
   if (es) es.close();
   ready = false;
   setConn(attempt ? "reconnecting" : "connecting");
-  es = new EventSource(`/api/sse/stream?request_id=${encodeURIComponent(requestId)}&snapshot=leases`);
+  // The browser resumes its own reconnects with Last-Event-ID; a new
+  // EventSource (after a CLOSED one) names the last id in the query instead.
+  const resume = lastId ? `&lastEventId=${encodeURIComponent(lastId)}` : "";
+  es = new EventSource(`/api/sse/stream?request_id=${encodeURIComponent(requestId)}&snapshot=leases${resume}`);
   es.onopen = () => {
     attempt = 0;
     ready = false;
@@ -90,8 +118,10 @@ function connect() {
     lease.requesting = false;
     setConn("live");
   };
-  es.addEventListener("ready", () => {
+  es.addEventListener("ready", (m) => {
+    if (m.lastEventId) lastId = m.lastEventId;
     ready = true;
+    stats.streams++;
     setConn("live");
     resubscribe();
     if (lease.seq === null) requestSnapshot("no snapshot before ready");
@@ -100,11 +130,18 @@ function connect() {
   es.addEventListener("gap", (m) => {
     let info = null;
     try { info = JSON.parse(m.data); } catch { info = m.data; }
+    stats.gaps++;
     queue("gap", info);
     lease.seq = null;
     requestSnapshot("the gateway reported a gap");
   });
   es.onmessage = (m) => {
+    // Before `ready`, an event with a new id is one the gateway replayed
+    // (what the stream's own connect sent, such as its snapshot, has none).
+    if (m.lastEventId && m.lastEventId !== lastId) {
+      lastId = m.lastEventId;
+      if (!ready) { stats.replayed++; scheduleFlush(); }
+    }
     let msg;
     try { msg = JSON.parse(m.data); } catch { return; }
     if (msg && typeof msg.type === "string") onEvent(msg.type, msg.payload);
@@ -161,6 +198,7 @@ function onEvent(type, p) {
 async function requestSnapshot(why) {
   if (lease.requesting) return;
   lease.requesting = true;
+  stats.resyncs++;
   queue("$resync", { why });
   let ok = false;
   try {
@@ -171,6 +209,7 @@ async function requestSnapshot(why) {
   } catch { /* retried below */ }
   if (!ok) {
     lease.requesting = false;
+    scheduleFlush();
     // Until a snapshot arrives; a new stream brings its own.
     setTimeout(() => { if (lease.seq === null && ready) requestSnapshot(why); }, SNAPSHOT_RETRY_MS);
   }
@@ -207,7 +246,7 @@ function removeClient(c) {
 function init(c) {
   flush(); // what the table already holds is not sent again
   const leases = lease.seq === null && lease.map.size === 0 ? null : { seq: lease.seq, leases: [...lease.map.values()] };
-  post(c, { op: "init", requestId, conn, ready, leases, version });
+  post(c, { op: "init", requestId, conn, ready, leases, version, stats: currentStats() });
   if (fatal) post(c, { op: "error", message: fatal });
 }
 

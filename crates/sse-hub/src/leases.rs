@@ -21,7 +21,9 @@
 //! `ready`, and `POST /api/dhcp/leases/snapshot` sends one to a stream on
 //! demand; both are taken under the same mutex as the changes, so a client
 //! applies the deltas with a larger `seq` and drops the rest, and knows it
-//! missed one when the `seq` jumps.
+//! missed one when the `seq` jumps. `seq` starts at the process's start time
+//! in microseconds (below 2^53, exact in JavaScript), so it only grows
+//! across restarts.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -142,7 +144,7 @@ impl LeaseService {
                 metrics,
                 snapshot_threshold,
                 detector: Mutex::new(ChangeDetector::new()),
-                seq: AtomicU64::new(0),
+                seq: AtomicU64::new(seq_base()),
                 order: tokio::sync::Mutex::new(()),
                 snapshot_changed: Notify::new(),
                 file_changed: Arc::new(Notify::new()),
@@ -182,6 +184,11 @@ impl LeaseService {
     }
 
     /// The `seq` of the next event (call with `order` held).
+    ///
+    /// Numbers start at the process's start time in microseconds, so a later
+    /// process's events always count higher: with RabbitMQ the gateway's
+    /// history outlives a restart, and a page replayed the old process's
+    /// lease events after the new process's snapshot drops them.
     fn next_seq(&self) -> u64 {
         self.inner.seq.fetch_add(1, Ordering::SeqCst) + 1
     }
@@ -443,6 +450,12 @@ async fn notify_route(State(svc): State<LeaseService>) -> Json<Value> {
         "message": "Lease change notification processed successfully",
         "reloaded": reloaded,
     }))
+}
+
+/// The first `seq` of this process: now in microseconds since the epoch.
+fn seq_base() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(now.as_micros()).unwrap_or(0)
 }
 
 #[cfg(test)]

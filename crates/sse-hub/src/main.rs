@@ -112,14 +112,16 @@ fn config_error(e: &sse_hub::HubConfigError) -> ExitCode {
 async fn serve(cfg: HubConfig) -> anyhow::Result<()> {
     let listener = sse_gateway::listen(std::net::SocketAddr::new(cfg.host, cfg.port))
         .with_context(|| format!("cannot listen on {}:{}", cfg.host, cfg.port))?;
+    let https = cfg.tls.is_some();
     let hub = sse_hub::start(cfg, listener).await?;
     // Installed before the address is printed: a signal sent by whoever
     // waits for that line is always handled.
     let mut signals = Signals::new()?;
     // The first line is for scripts (the bound address); the second is the
     // page to open (loopback when bound to all interfaces).
-    println!("sse-hub listening on http://{}", hub.addr);
-    println!("sse-hub dashboard: {}/", sse_hub::local_url(hub.addr));
+    let scheme = if https { "https" } else { "http" };
+    println!("sse-hub listening on {scheme}://{}", hub.addr);
+    println!("sse-hub dashboard: {}/", sse_hub::local_url(hub.addr, https));
     let first = signals.recv().await;
     tracing::info!(signal = first, "shutting down (a second Ctrl-C or SIGTERM exits at once)");
     tokio::select! {

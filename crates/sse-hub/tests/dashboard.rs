@@ -14,11 +14,11 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use support::{Hub, append_line, browser_dir, ensure_browser_tools, mqtt_publish, mqtt_url, now_secs};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use support::{
+    BrowserScript, Hub, append_line, ensure_browser_tools, mqtt_publish, mqtt_url, now_secs, run_browser_script,
+};
 
 /// Bound of the whole browser run (browser start, page, task, events).
 const BROWSER_RUN: Duration = Duration::from_secs(90);
@@ -40,23 +40,11 @@ async fn dashboard_shows_a_new_lease_a_task_started_from_the_page_and_a_publishe
     let device = "sensor.browser";
     let message = format!("hello from mqtt {run}");
     let version = format!("9.9.{}", &run[..6]);
-    let mut child = tokio::process::Command::new("node")
-        .arg(browser_dir().join("dashboard.mjs"))
-        .args([&format!("http://{}/", hub.addr()), shot.to_str().expect("utf-8"), lease_ip, &message, device, &version])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start node");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let stderr = tokio::spawn(async move {
-        let mut all = Vec::new();
-        while let Ok(Some(l)) = err.next_line().await {
-            all.push(l);
-        }
-        all
-    });
+    let BrowserScript { mut child, mut out, stderr, .. } = run_browser_script(
+        "dashboard.mjs",
+        &[&format!("http://{}/", hub.addr()), shot.to_str().expect("utf-8"), lease_ip, &message, device, &version],
+        false,
+    );
 
     let run_browser = async {
         let mut lines = Vec::new();

@@ -18,11 +18,9 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use support::{Hub, append_line, browser_dir, ensure_browser_tools, now_secs};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use support::{BrowserScript, Hub, append_line, ensure_browser_tools, now_secs, run_browser_script};
 
 /// Bound of a whole browser run.
 const BROWSER_RUN: Duration = Duration::from_secs(180);
@@ -71,9 +69,9 @@ async fn run_tabs(hub: &Hub, tabs: usize) -> Run {
     let shot_dir = std::env::temp_dir().join(format!("sse-hub-tabs-{run}"));
     std::fs::create_dir_all(&shot_dir).expect("screenshot dir");
     let shot = shot_dir.join("tabs.png");
-    let mut child = tokio::process::Command::new("node")
-        .arg(browser_dir().join("tabs.mjs"))
-        .args([
+    let BrowserScript { mut child, mut out, stderr, .. } = run_browser_script(
+        "tabs.mjs",
+        &[
             &format!("http://{}/", hub.addr()),
             &tabs.to_string(),
             LEASE_IP,
@@ -81,21 +79,9 @@ async fn run_tabs(hub: &Hub, tabs: usize) -> Run {
             &BULK.to_string(),
             shot.to_str().expect("utf-8"),
             LAST_IP,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start node");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let stderr = tokio::spawn(async move {
-        let mut all = Vec::new();
-        while let Ok(Some(l)) = err.next_line().await {
-            all.push(l);
-        }
-        all
-    });
+        ],
+        false,
+    );
     let file = hub.leases_file();
     let drive = async {
         let mut lines = Vec::new();

@@ -1,9 +1,13 @@
 //! The dashboard's stream worker (`src/dashboard-worker.js`) under node with
 //! a fake EventSource and fetch (`browser-test/worker.mjs`): its lease
 //! bookkeeping follows the hub's `seq` rules, and a jump in `seq` or the
-//! gateway's `gap` event makes it ask for a snapshot on the stream
-//! (docs/BACKEND.md, Dashboard). The gateway does not send `gap` yet, so this
-//! is where that handler is checked. Fails (never skips) without node.
+//! gateway's `gap` event makes it ask for a snapshot on the stream; a
+//! resumed stream (its snapshot, the replayed events, `ready`) drops what the
+//! snapshot holds, applies the rest and asks for nothing; a stream the
+//! browser closed is reopened with `lastEventId` (docs/BACKEND.md,
+//! Dashboard). Cases a real browser cannot be made to hit on demand are
+//! checked here; `dashboard_resume.rs` has the real ones. Fails (never
+//! skips) without node.
 
 mod support;
 

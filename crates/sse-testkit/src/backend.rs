@@ -6,6 +6,11 @@
 //! callbacks are answered with the current automatic [`Reply`], or, in manual
 //! mode, handed to the test, which answers when it chooses.
 //!
+//! [`Backend::throttle`] turns it into a backend of limited capacity (a few
+//! workers, each call taking a while), and it counts the callbacks it holds
+//! open at once ([`Backend::peak_in_flight`]), so a test can see what a storm
+//! looks like from the backend's side.
+//!
 //! Dropping the backend (or [`Backend::shutdown`]) closes its listener *and*
 //! every connection it accepted, so a client's pooled keep-alive connection
 //! fails like one to a server that went down. [`Backend::shutdown`] keeps the
@@ -14,6 +19,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +30,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::within;
 
@@ -86,12 +92,49 @@ enum Mode {
     Manual,
 }
 
+/// What every request goes through before it is answered: the throttle, if
+/// any, and the count of requests held open.
+#[derive(Default)]
+struct Load {
+    /// `workers` at a time, each held for `per_call`.
+    throttle: Mutex<Option<(Arc<Semaphore>, Duration)>>,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// One request held open (received, not yet answered); counted until dropped.
+struct Held<'a>(&'a Load);
+
+impl Load {
+    fn hold(&self) -> Held<'_> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        Held(self)
+    }
+
+    /// Waits for a worker and keeps it for the call's time (no-op unthrottled).
+    async fn serve_slowly(&self) {
+        let throttle = self.throttle.lock().unwrap().clone();
+        if let Some((workers, per_call)) = throttle {
+            let _worker = workers.acquire_owned().await;
+            tokio::time::sleep(per_call).await;
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The running backend. Dropping it stops the server and its connections.
 pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     mode: Arc<Mutex<Mode>>,
     others: Arc<Mutex<Reply>>,
+    load: Arc<Load>,
     calls: tokio::sync::Mutex<mpsc::UnboundedReceiver<Call>>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -122,10 +165,12 @@ impl Backend {
         let addr = listener.local_addr().expect("addr");
         let mode = Arc::new(Mutex::new(Mode::Auto(reply)));
         let others = Arc::new(Mutex::new(Reply::ok("{}")));
+        let load = Arc::new(Load::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop, mut stopped) = oneshot::channel::<()>();
         let task_mode = Arc::clone(&mode);
         let task_others = Arc::clone(&others);
+        let task_load = Arc::clone(&load);
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
@@ -138,11 +183,16 @@ impl Backend {
                 };
                 let mode = Arc::clone(&task_mode);
                 let others = Arc::clone(&task_others);
+                let load = Arc::clone(&task_load);
                 let tx = tx.clone();
                 connections.spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (mode, others, tx) = (Arc::clone(&mode), Arc::clone(&others), tx.clone());
-                        async move { Ok::<_, Infallible>(serve(req, mode, others, tx).await) }
+                        let (mode, others, load, tx) =
+                            (Arc::clone(&mode), Arc::clone(&others), Arc::clone(&load), tx.clone());
+                        async move {
+                            let _held = load.hold();
+                            Ok::<_, Infallible>(serve(req, mode, others, &load, tx).await)
+                        }
                     });
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
                 });
@@ -151,7 +201,7 @@ impl Backend {
             drop(listener);
             connections.shutdown().await;
         });
-        Backend { addr, mode, others, calls: tokio::sync::Mutex::new(rx), stop: Some(stop), task }
+        Backend { addr, mode, others, load, calls: tokio::sync::Mutex::new(rx), stop: Some(stop), task }
     }
 
     /// Stops the server: closes the listener and every accepted connection,
@@ -174,6 +224,27 @@ impl Backend {
     /// recorded when they arrive.
     pub fn answer_disconnects(&self, reply: Reply) {
         *self.others.lock().unwrap() = reply;
+    }
+
+    /// From now on, the backend has `workers` workers and every callback
+    /// (connect or not) keeps one busy for `per_call` before its answer (and
+    /// any [`Reply::delay`]): a backend that handles `workers / per_call`
+    /// callbacks a second. Callbacks beyond the workers wait in line, held
+    /// open, as they would at a real backend; they are recorded on arrival.
+    pub fn throttle(&self, workers: usize, per_call: Duration) {
+        *self.load.throttle.lock().unwrap() = Some((Arc::new(Semaphore::new(workers.max(1))), per_call));
+    }
+
+    /// The most callbacks held open at once so far (received and not yet
+    /// answered, whether waiting for a worker or being served): what the
+    /// gateway had in flight to this backend at its peak.
+    pub fn peak_in_flight(&self) -> usize {
+        self.load.peak.load(Ordering::SeqCst)
+    }
+
+    /// Callbacks held open now.
+    pub fn in_flight(&self) -> usize {
+        self.load.in_flight.load(Ordering::SeqCst)
     }
 
     /// The callback URL (with a query, as backends use `?secret=`).
@@ -242,6 +313,7 @@ async fn serve(
     req: hyper::Request<hyper::body::Incoming>,
     mode: Arc<Mutex<Mode>>,
     others: Arc<Mutex<Reply>>,
+    load: &Load,
     tx: mpsc::UnboundedSender<Call>,
 ) -> hyper::Response<Full<Bytes>> {
     let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
@@ -267,6 +339,7 @@ async fn serve(
             Err(_) => Reply::status(500),
         }
     };
+    load.serve_slowly().await;
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }

@@ -1,11 +1,11 @@
 //! Raw HTTP/1.1 over TCP: byte-exact SSE streams and plain JSON requests.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde_json::Value;
 use sse_wire::{Dechunker, Frame, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::within;
 
@@ -102,6 +102,21 @@ pub async fn send_json(addr: SocketAddr, path: &str, body: &Value) -> HttpRespon
     request(addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes()).await
 }
 
+/// Loopback source address `i` of 19 (127.0.0.2 to 127.0.0.20), for tests
+/// that open thousands of connections: spread over several source
+/// addresses, they (and their TIME_WAIT leftovers) cannot exhaust one
+/// address's ephemeral ports, whatever else the test run has open.
+pub fn loopback_source(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 2 + (i % 19) as u8)
+}
+
+/// Connects to `addr` from `source` (any port).
+pub async fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    socket.connect(addr).await
+}
+
 /// A client stream: the response head, then the decoded SSE body.
 pub struct SseClient {
     tcp: TcpStream,
@@ -134,6 +149,21 @@ impl SseClient {
         Self::send_head(&mut tcp, addr, method, path, headers).await;
         let mut buf = Vec::new();
         let head = within("the response head", read_head(&mut tcp, &mut buf)).await.expect("response head");
+        Self::with_head(tcp, head, &buf)
+    }
+
+    /// Like [`SseClient::open_on`] for a client that expects failures: `None`
+    /// when the request cannot be written or the connection ends before a
+    /// response head; no time bound (the caller bounds the whole).
+    pub async fn try_open_on(mut tcp: TcpStream, addr: SocketAddr, path: &str) -> Option<SseClient> {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        let head = read_head(&mut tcp, &mut buf).await?;
+        Some(Self::with_head(tcp, head, &buf))
+    }
+
+    fn with_head(tcp: TcpStream, head: HttpResponse, buf: &[u8]) -> SseClient {
         let chunked = head.header("transfer-encoding") == Some("chunked");
         let mut c = SseClient {
             tcp,
@@ -146,7 +176,7 @@ impl SseClient {
             raw: Vec::new(),
             eof: false,
         };
-        c.ingest(&buf);
+        c.ingest(buf);
         c
     }
 
@@ -216,16 +246,25 @@ impl SseClient {
         // Cancelling the read is safe: bytes are taken out of the socket and
         // decoded in one step, after the read completed.
         let read = async {
-            loop {
-                if let Some(f) = self.frames.pop_front() {
-                    return f;
-                }
-                if !self.read_more().await {
-                    panic!("stream ended; body so far: {:?}", String::from_utf8_lossy(&self.raw));
-                }
+            match self.frame_or_end().await {
+                Some(f) => f,
+                None => panic!("stream ended; body so far: {:?}", String::from_utf8_lossy(&self.raw)),
             }
         };
         tokio::time::timeout(limit, read).await.ok()
+    }
+
+    /// The next frame, or `None` once the stream ended (terminating chunk,
+    /// close or reset); no time bound (the caller bounds the whole).
+    pub async fn frame_or_end(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = self.frames.pop_front() {
+                return Some(f);
+            }
+            if !self.read_more().await {
+                return None;
+            }
+        }
     }
 
     /// The next dispatched event, skipping comments and retry hints.

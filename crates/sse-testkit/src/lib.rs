@@ -8,8 +8,13 @@
 //!   decodes the chunked body and parses it with `sse-wire`, keeping the raw
 //!   bytes for byte-exact assertions.
 //! * [`request`]: one plain HTTP request (JSON in, status and body out).
+//! * [`eventsource`]: a client that reconnects like the browser's
+//!   `EventSource` (storm tests), from spread loopback source addresses
+//!   ([`loopback_source`]).
 //! * [`RabbitNode`], [`MosquittoNode`]: private brokers a test may stop and
 //!   restart on the same port (the shared ones: [`amqp_url`], `SSE_TEST_MQTT_URL`).
+//! * [`TestCert`], [`HttpsConnection`]: a self-signed certificate made at
+//!   test time, and an HTTPS client (HTTP/2 or HTTP/1.1 by ALPN) trusting it.
 //! * [`Relay`]: a port-0 TCP relay for two servers that must know each
 //!   other's address at start.
 //!
@@ -19,16 +24,19 @@
 mod amqp;
 mod backend;
 mod client;
+pub mod eventsource;
 mod mqtt;
 mod process;
 mod relay;
+mod tls;
 
 pub use amqp::{AmqpPublisher, RabbitNode, amqp_url, rabbitmqctl};
 pub use backend::{Backend, Call, DownBackend, Reply};
-pub use client::{HttpResponse, SseClient, request, send_json};
+pub use client::{HttpResponse, SseClient, connect_from, loopback_source, request, send_json};
 pub use mqtt::MosquittoNode;
 pub use process::Process;
 pub use relay::Relay;
+pub use tls::{Alpn, HttpsConnection, TestCert, TlsSseStream};
 
 use std::time::Duration;
 

@@ -13,8 +13,10 @@ use crate::within;
 /// A running binary. Killed on drop if still running.
 pub struct Process {
     child: Child,
-    /// The address from its "listening on http://ADDR" line.
+    /// The address from its "listening on http://ADDR" (or `https://`) line.
     pub addr: SocketAddr,
+    /// True when that line said `https://`.
+    pub https: bool,
     /// The address from an "internal listener on http://ADDR" line printed before it, if any.
     pub internal: Option<SocketAddr>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -23,7 +25,7 @@ pub struct Process {
 
 impl Process {
     /// Spawns `bin` with only `env` (plus PATH) in its environment and waits
-    /// for its "listening on http://ADDR" line on stdout.
+    /// for its "listening on http://ADDR" (or `https://ADDR`) line on stdout.
     pub async fn spawn(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Process {
         let mut cmd = Command::new(bin);
         cmd.args(args)
@@ -57,25 +59,30 @@ impl Process {
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(rest) = line.split("internal listener on http://").nth(1) {
                     internal = Some(rest.trim().parse::<SocketAddr>().expect("address after 'internal listener on'"));
-                } else if let Some(rest) = line.split("listening on http://").nth(1) {
-                    return Some((rest.trim().parse::<SocketAddr>().expect("address after 'listening on'"), internal));
+                } else if let Some(rest) = line.split("listening on ").nth(1) {
+                    let (https, rest) = match rest.strip_prefix("https://") {
+                        Some(r) => (true, r),
+                        None => (false, rest.strip_prefix("http://").expect("http(s):// after 'listening on'")),
+                    };
+                    let addr = rest.trim().parse::<SocketAddr>().expect("address after 'listening on'");
+                    return Some((addr, https, internal));
                 }
             }
             None
         })
         .await;
-        let Some((addr, internal)) = found else {
+        let Some((addr, https, internal)) = found else {
             // The process exited: show what it said (its stderr ends with it).
             let _ = within("the exited process's stderr", err_reader).await;
             panic!("{bin} exited before listening; stderr:\n{}", stderr.lock().unwrap().join("\n"));
         };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Process { child, addr, internal, stderr, new_line }
+        Process { child, addr, https, internal, stderr, new_line }
     }
 
-    /// `http://ADDR` of the process.
+    /// `http://ADDR` (or `https://`) of the process.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", if self.https { "https" } else { "http" }, self.addr, path)
     }
 
     /// The internal listener's address (panics if the process has none).

@@ -3,6 +3,10 @@
 //! names the gateway): the relay listens on port 0 at once, its address is
 //! handed to the first server, and it pipes every connection to the second
 //! once [`Relay::forward_to`] names it. No port is guessed or reused.
+//!
+//! It also plays a network blip between a client and a server that keeps
+//! running: [`Relay::cut`] ends every piped connection and holds new ones
+//! (accepted, nothing forwarded) until [`Relay::forward_to`] again.
 
 use std::net::SocketAddr;
 
@@ -30,7 +34,11 @@ impl Relay {
                     let Ok(to) = rx.wait_for(Option::is_some).await.map(|t| t.expect("set")) else { return };
                     if let Ok(mut outbound) = TcpStream::connect(to).await {
                         let mut inbound = inbound;
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        // Both sockets are dropped (closed) on a cut.
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = rx.wait_for(Option::is_none) => {}
+                        }
                     }
                 });
             }
@@ -41,6 +49,12 @@ impl Relay {
     /// From now on (and for connections already waiting), pipe to `to`.
     pub fn forward_to(&self, to: SocketAddr) {
         self.target.send_replace(Some(to));
+    }
+
+    /// A network blip: closes every piped connection (both sides) and holds
+    /// the connections accepted from now on until [`Relay::forward_to`].
+    pub fn cut(&self) {
+        self.target.send_replace(None);
     }
 }
 

@@ -113,3 +113,56 @@ pub async fn wait_for_metric_at_least(gw: &Process, line_prefix: &str, want: f64
 async fn metrics_text(gw: &Process) -> String {
     String::from_utf8_lossy(&request(gw.internal_addr(), "GET", "/metrics", &[], b"").await.body).into_owned()
 }
+
+/// Starts the gateway like [`gateway`], its public listener on HTTPS with `cert`.
+pub async fn tls_gateway(backend: &Backend, cert: &sse_testkit::TestCert, env: &[(&str, &str)]) -> Process {
+    let files = cert.env();
+    let mut all: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(env);
+    let gw = gateway(backend, &all).await;
+    assert!(gw.https, "the gateway announces https://");
+    gw
+}
+
+/// Opens a stream over `conn` that the backend accepts; checks the 200 and
+/// `ready`; returns the stream and its token.
+pub async fn tls_stream(
+    conn: &mut sse_testkit::HttpsConnection,
+    backend: &Backend,
+    path: &str,
+) -> (sse_testkit::TlsSseStream, String) {
+    let mut s = conn.sse(path).await;
+    let token = backend.expect("connect").await.token();
+    assert_eq!(s.status, 200);
+    assert_eq!(s.next_event().await.event_type, "ready");
+    (s, token)
+}
+
+/// Opens a stream at `path` the backend accepts, resuming from
+/// `last_event_id` when given (history tests); returns it, its token, the
+/// events before `ready`, and `ready`. Skips callbacks of earlier streams
+/// (a disconnect may still be on its way).
+pub async fn open_resuming(
+    gw: &Process,
+    backend: &Backend,
+    path: &str,
+    last_event_id: Option<&str>,
+) -> (SseClient, String, Vec<sse_wire::ParsedEvent>, sse_wire::ParsedEvent) {
+    let headers: Vec<(&str, &[u8])> = last_event_id.iter().map(|id| ("Last-Event-ID", id.as_bytes())).collect();
+    let mut client = SseClient::open(gw.addr, path, &headers).await;
+    let token = loop {
+        let call = backend.next_call().await;
+        if call.action() == "connect" {
+            break call.token();
+        }
+    };
+    assert_eq!(client.head.status, 200);
+    let mut before = Vec::new();
+    loop {
+        let e = client.next_event().await;
+        if e.event_type == "ready" {
+            return (client, token, before, e);
+        }
+        before.push(e);
+    }
+}

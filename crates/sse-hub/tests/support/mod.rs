@@ -13,15 +13,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use sse_testkit::{HttpResponse, Process, SseClient, request, within};
 
-/// A running hub and its data directory (removed on drop).
+/// A running hub and its data directory (removed on drop, unless handed
+/// on by [`Hub::stop_keeping_data`]).
 pub struct Hub {
     pub process: Process,
     pub dir: PathBuf,
+    /// `INTERNAL_API_SECRET`, when the hub was started with one: sent as a
+    /// bearer with every request of [`Hub::get`] and [`Hub::post`].
+    pub secret: Option<String>,
 }
 
 impl Drop for Hub {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -35,13 +41,40 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 impl Hub {
     /// Starts the binary with `--port 0 --host 127.0.0.1 --data-dir <tmp>` plus `args`.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Hub {
-        let dir = temp_dir("hub");
+        Self::spawn(temp_dir("hub"), 0, None, args, env).await
+    }
+
+    /// Starts the binary on `port` (from [`sse_testkit::free_ports`], so a
+    /// restarted hub keeps its address) over the data directory `dir` (of a
+    /// hub stopped by [`Hub::stop_keeping_data`], or new), with
+    /// `INTERNAL_API_SECRET` `secret`.
+    pub async fn start_on(port: u16, dir: PathBuf, secret: &str, args: &[&str]) -> Hub {
+        Self::spawn(dir, port, Some(secret), args, &[]).await
+    }
+
+    async fn spawn(dir: PathBuf, port: u16, secret: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Hub {
         let bin = sse_testkit::workspace_bin("sse-hub");
         let data = dir.to_string_lossy().into_owned();
-        let mut all = vec!["--port", "0", "--host", "127.0.0.1", "--data-dir", data.as_str()];
+        let port = port.to_string();
+        let mut all = vec!["--port", port.as_str(), "--host", "127.0.0.1", "--data-dir", data.as_str()];
+        if let Some(s) = secret {
+            all.extend_from_slice(&["--internal-api-secret", s]);
+        }
         all.extend_from_slice(args);
         let process = Process::spawn(bin.to_str().expect("utf-8 path"), &all, env).await;
-        Hub { process, dir }
+        Hub { process, dir, secret: secret.map(str::to_owned) }
+    }
+
+    /// SIGTERM (the hub drains its streams: each gets a `retry:` hint),
+    /// waits for the exit and returns its code and the data directory,
+    /// which is kept for the next hub.
+    pub async fn stop_keeping_data(mut self) -> (i32, PathBuf) {
+        let code = self.process.terminate().await;
+        (code, std::mem::take(&mut self.dir))
+    }
+
+    fn auth(&self) -> Option<String> {
+        self.secret.as_ref().map(|s| format!("Bearer {s}"))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -73,7 +106,9 @@ impl Hub {
     }
 
     pub async fn get(&self, path: &str) -> HttpResponse {
-        request(self.addr(), "GET", path, &[], b"").await
+        let auth = self.auth();
+        let h: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        request(self.addr(), "GET", path, &h, b"").await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> HttpResponse {
@@ -81,15 +116,28 @@ impl Hub {
     }
 
     pub async fn post_with(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> HttpResponse {
+        let auth = self.auth();
         let mut h = vec![("Content-Type", "application/json")];
+        h.extend(auth.iter().map(|a| ("Authorization", a.as_str())));
         h.extend_from_slice(headers);
         request(self.addr(), "POST", path, &h, body.to_string().as_bytes()).await
     }
 
-    /// The value of an unlabelled or labelled metric line starting with `prefix`.
+    /// The value of an unlabelled or labelled metric line starting with
+    /// `prefix` of the hub's metrics (0 when absent).
     pub async fn metric(&self, prefix: &str) -> f64 {
-        let m = self.get("/internal/metrics").await;
-        assert_eq!(m.status, 200);
+        self.metric_at("/internal/metrics", prefix).await
+    }
+
+    /// Like [`Hub::metric`], of the in-process gateway's own metrics
+    /// (`/metrics`: served with `INTERNAL_API_SECRET` only, see [`Hub::start_on`]).
+    pub async fn gateway_metric(&self, prefix: &str) -> f64 {
+        self.metric_at("/metrics", prefix).await
+    }
+
+    async fn metric_at(&self, path: &str, prefix: &str) -> f64 {
+        let m = self.get(path).await;
+        assert_eq!(m.status, 200, "GET {path}: {}", String::from_utf8_lossy(&m.body));
         let text = String::from_utf8_lossy(&m.body).into_owned();
         text.lines()
             .find(|l| l.starts_with(prefix))
@@ -197,4 +245,40 @@ pub fn ensure_browser_tools() {
             .unwrap_or_else(|e| panic!("cannot run npm ci in {}: {e}", dir.display()));
         assert!(status.success(), "npm ci failed in {}", dir.display());
     }
+}
+
+/// A browser script (`browser-test/<script>`) running under node: its stdout
+/// lines drive the test; its stderr is echoed and collected.
+pub struct BrowserScript {
+    pub child: tokio::process::Child,
+    /// Piped when asked for.
+    pub stdin: Option<tokio::process::ChildStdin>,
+    pub out: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    /// Every stderr line, once the script ended.
+    pub stderr: tokio::task::JoinHandle<Vec<String>>,
+}
+
+/// Starts `browser-test/<script>` with node (after [`ensure_browser_tools`]).
+pub fn run_browser_script(script: &str, args: &[&str], with_stdin: bool) -> BrowserScript {
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt;
+    ensure_browser_tools();
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(browser_dir().join(script)).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    if with_stdin {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().expect("start node");
+    let stdin = child.stdin.take();
+    let out = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut err = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let stderr = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(l)) = err.next_line().await {
+            eprintln!("node stderr: {l}");
+            all.push(l);
+        }
+        all
+    });
+    BrowserScript { child, stdin, out, stderr }
 }
