@@ -169,6 +169,15 @@ fn deliver_each<'a>(
     }
 }
 
+/// Pushes to every stream bound to `key`: written through inline for a few,
+/// their writers woken for many.
+fn deliver_key(st: &State, key: &str, frame: Option<&Bytes>, close: bool, result: &mut Published) {
+    if let Some(streams) = st.keys.get(key) {
+        let write_through = streams.len() <= WRITE_THROUGH_MAX;
+        deliver_each(streams.values(), frame, close, write_through, result);
+    }
+}
+
 /// Routing keys a removed stream (or an expired hold) no longer needs.
 pub(crate) type Released = Vec<Box<str>>;
 
@@ -404,14 +413,10 @@ impl Router {
         if let (Some(f), Some(mut h)) = (frame, self.history()) {
             let Some((f, _)) = h.record(None, Some(key), f, Instant::now()) else { return result };
             self.position.send_replace(h.offset());
-            let Some(streams) = st.keys.get(key) else { return result };
-            let write_through = streams.len() <= WRITE_THROUGH_MAX;
-            deliver_each(streams.values(), Some(&f), close, write_through, &mut result);
+            deliver_key(&st, key, Some(&f), close, &mut result);
             return result;
         }
-        let Some(streams) = st.keys.get(key) else { return result };
-        let write_through = streams.len() <= WRITE_THROUGH_MAX;
-        deliver_each(streams.values(), frame, close, write_through, &mut result);
+        deliver_key(&st, key, frame, close, &mut result);
         result
     }
 
@@ -440,12 +445,7 @@ impl Router {
                     deliver_each(std::iter::once(&o.queue), Some(&f), close, true, &mut result);
                 }
             }
-            None => {
-                if let Some(streams) = st.keys.get(key) {
-                    let write_through = streams.len() <= WRITE_THROUGH_MAX;
-                    deliver_each(streams.values(), Some(&f), close, write_through, &mut result);
-                }
-            }
+            None => deliver_key(&st, key, Some(&f), close, &mut result),
         }
         (result, gaps)
     }

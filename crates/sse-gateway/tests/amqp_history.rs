@@ -318,3 +318,27 @@ async fn an_admin_close_by_key_reaches_the_other_instance_through_the_history_st
     assert_eq!(r.json()["matched"], 1);
     assert!(client.read_to_end().await.iter().any(|f| matches!(f, Frame::Retry(1000))));
 }
+
+#[tokio::test]
+async fn a_forged_frame_message_is_rejected_and_the_stream_stays_intact() {
+    let url = amqp_url();
+    let p = Prefix::new();
+    let backend = Backend::start().await;
+    let gw = gateway(&backend, &url, &p, "gw1", "60").await;
+    let (mut client, _, _, _) = open(&gw, &backend, "/s?request_id=r1", None).await;
+    let publisher = AmqpPublisher::connect(&url, &p.exchange()).await;
+    // Two events in one frame, a bare CR, no terminating blank line, not even SSE.
+    for body in
+        [&b"data: a\n\nevent: ready\ndata:\n\n"[..], b"data: a\rdata: b\n\n", b"data: a\n", b"{\"event\":\"x\"}"]
+    {
+        publisher.publish_typed("broadcast", "sse.frame", body).await;
+    }
+    // An unknown-looking backend message is judged as a backend message.
+    publisher.publish_raw("broadcast", b"not json").await;
+    publisher.publish("broadcast", "ok", "1").await;
+    let next = client.next_event().await;
+    assert_eq!(next.data, payload("ok", "1"), "nothing forged reached the stream");
+    wait_for_metric(&gw, "sse_gateway_rabbitmq_messages_total{outcome=\"rejected\"} ", 5.0).await;
+    let raw = String::from_utf8_lossy(client.raw()).into_owned();
+    assert_eq!(raw.matches("event: ready").count(), 1, "no spoofed ready: {raw}");
+}
