@@ -236,23 +236,40 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Ours against Nchan, one row per scenario and metric.
+/// Ours against Nchan, one row per scenario and metric; with a `base`
+/// column when the run has results of an earlier build (`base-*.json`).
 fn main_table(dir: &Path, names: &BTreeSet<String>) -> anyhow::Result<String> {
-    let mut out = String::from(
-        "| scenario | metric | ours | nchan | ours better by (>1: ours better) |\n|---|---|---|---|---|\n",
-    );
+    let has_base = names.iter().any(|n| dir.join(format!("base-{n}.json")).exists());
+    let mut out = if has_base {
+        String::from(
+            "| scenario | metric | ours | base | nchan | ours better by (>1: ours better) |\n|---|---|---|---|---|---|\n",
+        )
+    } else {
+        String::from("| scenario | metric | ours | nchan | ours better by (>1: ours better) |\n|---|---|---|---|---|\n")
+    };
     for name in names {
         let ours = load(dir, "ours", name)?;
         let nchan = load(dir, "nchan", name)?;
+        let base = if has_base { Some(load(dir, "base", name)?) } else { None };
         let scenario = [&ours, &nchan].into_iter().find_map(scenario_of).unwrap_or_default();
+        let base_cell = |pointer: &str| base.as_ref().map(|b| format!(" {} |", cell(b, pointer).0)).unwrap_or_default();
         let rows = metrics(&scenario);
         if rows.is_empty() {
-            out.push_str(&format!("| {name} | (no results) | {} | {} | - |\n", cell(&ours, "").0, cell(&nchan, "").0));
+            out.push_str(&format!(
+                "| {name} | (no results) | {} |{} {} | - |\n",
+                cell(&ours, "").0,
+                base_cell(""),
+                cell(&nchan, "").0
+            ));
         }
         for (label, pointer, better) in rows {
             let (o, ov) = cell(&ours, pointer);
             let (n, nv) = cell(&nchan, pointer);
-            out.push_str(&format!("| {name} | {label} | {o} | {n} | {} |\n", ratio(ov, nv, *better)));
+            out.push_str(&format!(
+                "| {name} | {label} | {o} |{} {n} | {} |\n",
+                base_cell(pointer),
+                ratio(ov, nv, *better)
+            ));
         }
     }
     Ok(out)
@@ -339,6 +356,20 @@ mod tests {
         assert_eq!(ratio(Some(30000.0), Some(10000.0), Better::Higher), "3.00×");
         assert_eq!(ratio(Some(0.0), Some(0.0), Better::Lower), "-");
         assert_eq!(ratio(None, Some(1.0), Better::Lower), "-");
+    }
+
+    #[test]
+    fn an_earlier_build_gets_its_own_column() {
+        let dir = std::env::temp_dir().join(format!("sse-bench-compare-base-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
+        write("ours-hold.json", r#"{"scenario":"hold","streams_opened":100,"rss_per_stream_bytes":2000.0}"#);
+        write("base-hold.json", r#"{"scenario":"hold","streams_opened":100,"rss_per_stream_bytes":3000.0}"#);
+        write("nchan-hold.json", r#"{"scenario":"hold","streams_opened":100,"rss_per_stream_bytes":10000.0}"#);
+        let table = table(&dir).expect("table");
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(table.contains("| ours | base | nchan |"), "{table}");
+        assert!(table.contains("| 2000 | 3000 | 10000 |"), "{table}");
     }
 
     #[test]

@@ -53,6 +53,7 @@ mod routes;
 mod server;
 mod shared;
 mod tls;
+mod writers;
 
 pub use app::{AppBody, AppService};
 pub use config::{AmqpConfig, Config, ConfigError, SETTINGS, Setting};

@@ -33,6 +33,8 @@ pub(crate) struct Metrics {
     pub(crate) published: Family<Labels1, Counter>,
     pub(crate) delivered: Counter,
     bytes_written: Counter,
+    writer_runs: Counter,
+    writer_streams: Counter,
     pub(crate) broker_up: Gauge,
     pub(crate) broker_connects: Counter,
     pub(crate) broker_messages: Family<Labels1, Counter>,
@@ -70,6 +72,8 @@ impl Default for Metrics {
             published: Family::default(),
             delivered: Counter::default(),
             bytes_written: Counter::default(),
+            writer_runs: Counter::default(),
+            writer_streams: Counter::default(),
             broker_up: Gauge::default(),
             broker_connects: Counter::default(),
             broker_messages: Family::default(),
@@ -127,6 +131,16 @@ impl Default for Metrics {
         );
         registry.register("sse_gateway_events_delivered", "Events queued to open streams", m.delivered.clone());
         registry.register("sse_gateway_bytes_written", "Bytes written to client streams", m.bytes_written.clone());
+        registry.register(
+            "sse_gateway_writer_runs",
+            "Turns of the writer shards (each writes the streams that publishes to many handed it)",
+            m.writer_runs.clone(),
+        );
+        registry.register(
+            "sse_gateway_writer_streams",
+            "Streams written by the writer shards (one per stream per turn, however many events it took)",
+            m.writer_streams.clone(),
+        );
         registry.register("sse_gateway_rabbitmq_connected", "1 while connected to RabbitMQ", m.broker_up.clone());
         registry.register(
             "sse_gateway_rabbitmq_connections",
@@ -215,6 +229,11 @@ impl Metrics {
     /// The bytes-written counter itself (a shared handle), for socket writers.
     pub(crate) fn bytes_counter(&self) -> Counter {
         self.bytes_written.clone()
+    }
+
+    /// The writer shards' counters (shared handles): turns, streams written.
+    pub(crate) fn writer_counters(&self) -> (Counter, Counter) {
+        (self.writer_runs.clone(), self.writer_streams.clone())
     }
 
     /// The text exposition.

@@ -74,6 +74,9 @@ struct QueueState {
     taken: u64,
     /// Replayed bytes (a resume) that may exceed the bound while they drain.
     allowance: usize,
+    /// Handed to a writer shard that has not written it yet (so a stream is
+    /// in at most one shard list, however many publishes queue meanwhile).
+    for_writer: bool,
     /// Set by the stall sweep only, never on the delivery path: the progress
     /// count and the time it was last seen to change while bytes waited.
     stall_mark: Option<(u64, Instant)>,
@@ -83,6 +86,28 @@ impl QueueState {
     fn pending(&self) -> bool {
         !self.items.is_empty() || !self.out.is_empty()
     }
+}
+
+/// Who writes a pushed frame to a raw stream's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// The stream's own task, woken now.
+    Wake,
+    /// The pusher, right here, when nothing is pending (one non-blocking
+    /// vectored write, no task wake-up): worth it for one stream or a few.
+    Through,
+    /// A writer shard, which the pusher hands the stream to (for a
+    /// broadcast: one wake-up per shard instead of one per stream).
+    Shard,
+}
+
+/// What a push left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// Queued (or written); nothing more to do.
+    Done,
+    /// Queued; hand the stream to a writer shard.
+    ForWriter,
 }
 
 /// How flushing a stream into its sink stopped.
@@ -151,28 +176,25 @@ impl StreamQueue {
     /// Queues a frame for the stream's writer task. Fails if the stream is
     /// closing, or overflows it.
     pub(crate) fn push(&self, frame: Bytes) -> Result<(), PushError> {
-        self.push_with(frame, false, false)
+        self.push_with(frame, Write::Wake, false).map(drop)
     }
 
     /// Like [`StreamQueue::push`] for an application event (counted for the
-    /// admin listing), with optional write-through.
-    pub(crate) fn push_event(&self, frame: Bytes, write_through: bool) -> Result<(), PushError> {
-        self.push_with(frame, write_through, true)
+    /// admin listing), written the way `how` says.
+    pub(crate) fn push_event(&self, frame: Bytes, how: Write) -> Result<Queued, PushError> {
+        self.push_with(frame, how, true)
     }
 
-    /// With `write_through`, a raw stream with
-    /// nothing pending gets the frame written to its socket right here (one
-    /// vectored write, no task wake-up), and whatever the socket does not take
-    /// is left for the writer task, in order. Worth it for one stream or a
-    /// few; a broadcast instead wakes the writers, which run on every core
-    /// and batch what piles up under load.
-    pub(crate) fn push_with(&self, frame: Bytes, write_through: bool, event: bool) -> Result<(), PushError> {
+    /// Queues `frame` (see [`Write`] for who writes it). Returns
+    /// [`Queued::ForWriter`] when the caller must hand this stream to a
+    /// writer shard ([`crate::writers`]).
+    pub(crate) fn push_with(&self, frame: Bytes, how: Write, event: bool) -> Result<Queued, PushError> {
         let mut st = self.lock();
         if let Some(reason) = st.closing {
             return Err(PushError::Closed(reason));
         }
         st.events += u64::from(event);
-        if write_through
+        if how == Write::Through
             && let Some(sink) = st.sink.clone()
             && st.items.is_empty()
             && st.out.is_empty()
@@ -185,7 +207,7 @@ impl StreamQueue {
                 drop(st);
                 self.waker.wake();
             }
-            return Ok(());
+            return Ok(Queued::Done);
         }
         if st.bytes + frame.len() > self.limit + st.allowance {
             st.items.clear();
@@ -202,9 +224,51 @@ impl StreamQueue {
         }
         st.bytes += frame.len();
         st.items.push_back(frame);
+        if how == Write::Shard && st.sink.is_some() {
+            if !st.out.is_empty() {
+                // The socket took only part of the last write: the stream's
+                // task waits for it to drain and writes this after.
+                return Ok(Queued::Done);
+            }
+            if st.for_writer {
+                return Ok(Queued::Done);
+            }
+            st.for_writer = true;
+            return Ok(Queued::ForWriter);
+        }
         drop(st);
         self.waker.wake();
-        Ok(())
+        Ok(Queued::Done)
+    }
+
+    /// A writer shard's turn at this stream: writes what is queued with
+    /// non-blocking vectored writes, and leaves the rest (a socket that took
+    /// only part, or a stream that is ending) to the stream's own task.
+    pub(crate) fn write_queued(&self) {
+        let mut st = self.lock();
+        st.for_writer = false;
+        if st.closing.is_some() || !st.out.is_empty() {
+            // `close`, `cut` and a partial write each woke the stream's task.
+            return;
+        }
+        let QueueState { items, bytes, allowance, out, sink, .. } = &mut *st;
+        let Some(sink) = sink.as_ref() else { return };
+        while !items.is_empty() {
+            let n = items.len().min(MAX_FRAMES);
+            for b in items.drain(..n) {
+                *bytes -= b.len();
+                *allowance = allowance.saturating_sub(b.len());
+                out.frames.push(b);
+            }
+            out.start_chunk();
+            if !matches!(sink.write(out), Ok(true)) {
+                // Blocked or failed: the stream's task waits for the socket
+                // (or meets the error).
+                drop(st);
+                self.waker.wake();
+                return;
+            }
+        }
     }
 
     /// Queues a resume's replayed events (counted as events). They may

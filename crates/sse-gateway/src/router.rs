@@ -28,7 +28,8 @@ use uuid::Uuid;
 
 use crate::history::{self, Advance, GapCause, History, Resume};
 use crate::hook::DisconnectReason;
-use crate::queue::{PushError, StreamQueue};
+use crate::queue::{PushError, Queued, StreamQueue, Write};
+use crate::writers::Writers;
 
 /// Events sent to a token while its connect hook is deciding.
 #[derive(Debug, Default)]
@@ -138,22 +139,26 @@ pub(crate) struct Published {
 }
 
 /// Publishes to at most this many streams write through to idle sockets
-/// inline; bigger ones wake the writer tasks (see `StreamQueue::push_event`).
+/// inline; bigger ones go to the writer shards (see [`crate::writers`]).
 const WRITE_THROUGH_MAX: usize = 64;
 
-/// Pushes one shared frame to each queue (then closes them if asked).
+/// Pushes one shared frame to each queue (then closes them if asked), and
+/// hands the streams that need a write to the writer shards.
 /// Streams already closing are skipped and not counted.
 fn deliver_each<'a>(
-    queues: impl Iterator<Item = &'a Arc<StreamQueue>>,
+    queues: impl ExactSizeIterator<Item = &'a Arc<StreamQueue>>,
     frame: Option<&Bytes>,
     close: bool,
-    write_through: bool,
+    how: Write,
+    writers: &Writers,
     result: &mut Published,
 ) {
+    let mut fanout = writers.fanout(if how == Write::Shard { queues.len() } else { 0 });
     for queue in queues {
         if let Some(f) = frame {
-            match queue.push_event(f.clone(), write_through) {
-                Ok(()) => {}
+            match queue.push_event(f.clone(), how) {
+                Ok(Queued::Done) => {}
+                Ok(Queued::ForWriter) => fanout.add(queue),
                 Err(PushError::Overflow) => {
                     result.matched += 1;
                     result.overflowed += 1;
@@ -167,14 +172,15 @@ fn deliver_each<'a>(
         }
         result.matched += 1;
     }
+    fanout.send();
 }
 
 /// Pushes to every stream bound to `key`: written through inline for a few,
-/// their writers woken for many.
-fn deliver_key(st: &State, key: &str, frame: Option<&Bytes>, close: bool, result: &mut Published) {
+/// by the writer shards for many.
+fn deliver_key(st: &State, writers: &Writers, key: &str, frame: Option<&Bytes>, close: bool, result: &mut Published) {
     if let Some(streams) = st.keys.get(key) {
-        let write_through = streams.len() <= WRITE_THROUGH_MAX;
-        deliver_each(streams.values(), frame, close, write_through, result);
+        let how = if streams.len() <= WRITE_THROUGH_MAX { Write::Through } else { Write::Shard };
+        deliver_each(streams.values(), frame, close, how, writers, result);
     }
 }
 
@@ -227,6 +233,8 @@ pub(crate) struct Router {
     history: Option<Mutex<History>>,
     /// The history's latest raw position (AMQP: a resume may wait for it).
     position: tokio::sync::watch::Sender<u64>,
+    /// Who writes a publish to many streams.
+    writers: Writers,
 }
 
 impl Router {
@@ -245,6 +253,7 @@ impl Router {
             resume_ttl,
             history: history.map(Mutex::new),
             position: tokio::sync::watch::Sender::new(0),
+            writers: Writers::default(),
         }
     }
 
@@ -256,6 +265,11 @@ impl Router {
     /// True when events carry cursors.
     pub(crate) fn has_history(&self) -> bool {
         self.history.is_some()
+    }
+
+    /// The writer shards; the server runs one task per shard ([`Writers::run`]).
+    pub(crate) fn writers(&self) -> &Writers {
+        &self.writers
     }
 
     /// Follows the history's raw position.
@@ -385,8 +399,8 @@ impl Router {
             (f, _) => f,
         };
         if let Some(f) = frame {
-            match queue.push_with(f, true, event) {
-                Ok(()) => {}
+            match queue.push_with(f, Write::Through, event) {
+                Ok(_) => {}
                 Err(PushError::Overflow) => return SendOutcome::Overflow,
                 Err(PushError::Closed(DisconnectReason::Error)) => return SendOutcome::WriteFailed,
                 Err(PushError::Closed(_)) => return SendOutcome::NotFound,
@@ -413,10 +427,10 @@ impl Router {
         if let (Some(f), Some(mut h)) = (frame, self.history()) {
             let Some((f, _)) = h.record(None, Some(key), f, Instant::now()) else { return result };
             self.position.send_replace(h.offset());
-            deliver_key(&st, key, Some(&f), close, &mut result);
+            deliver_key(&st, &self.writers, key, Some(&f), close, &mut result);
             return result;
         }
-        deliver_key(&st, key, frame, close, &mut result);
+        deliver_key(&st, &self.writers, key, frame, close, &mut result);
         result
     }
 
@@ -442,10 +456,17 @@ impl Router {
         match token {
             Some(t) => {
                 if let Some(Slot::Open(o)) = st.slots.get(&t) {
-                    deliver_each(std::iter::once(&o.queue), Some(&f), close, true, &mut result);
+                    deliver_each(
+                        std::iter::once(&o.queue),
+                        Some(&f),
+                        close,
+                        Write::Through,
+                        &self.writers,
+                        &mut result,
+                    );
                 }
             }
-            None => deliver_key(&st, key, Some(&f), close, &mut result),
+            None => deliver_key(&st, &self.writers, key, Some(&f), close, &mut result),
         }
         (result, gaps)
     }
@@ -543,7 +564,7 @@ impl Router {
         };
         for f in pending.frames {
             // Cannot overflow: the pending buffer has the same bound as the queue.
-            let _ = queue.push_event(f, false);
+            let _ = queue.push_event(f, Write::Wake);
         }
         if pending.close {
             queue.close(None, DisconnectReason::ServerClosed);
@@ -556,7 +577,7 @@ impl Router {
         for f in held.into_iter().flat_map(|h| h.frames) {
             // A hold and a pending buffer share one bound each; together they can
             // exceed the queue's, in which case the stream closes as a slow consumer.
-            let _ = queue.push_event(f, false);
+            let _ = queue.push_event(f, Write::Wake);
         }
         if draining {
             queue.close(Some(drain_hint()), DisconnectReason::ServerClosed);
@@ -685,13 +706,22 @@ impl Router {
             .collect()
     }
 
-    /// Pushes `frame` to every open stream; returns how many overflowed.
+    /// Pushes `frame` (not an application event) to every open stream
+    /// through the writer shards; returns how many overflowed.
     pub(crate) fn push_all(&self, frame: &Bytes) -> usize {
         let st = self.read();
-        st.slots
-            .values()
-            .filter(|s| matches!(s, Slot::Open(o) if o.queue.push(frame.clone()) == Err(PushError::Overflow)))
-            .count()
+        let mut fanout = self.writers.fanout(st.slots.len());
+        let mut overflowed = 0;
+        for slot in st.slots.values() {
+            let Slot::Open(o) = slot else { continue };
+            match o.queue.push_with(frame.clone(), Write::Shard, false) {
+                Ok(Queued::ForWriter) => fanout.add(&o.queue),
+                Ok(Queued::Done) | Err(PushError::Closed(_)) => {}
+                Err(PushError::Overflow) => overflowed += 1,
+            }
+        }
+        fanout.send();
+        overflowed
     }
 
     /// Open streams whose bytes have waited `limit` without progress: token,

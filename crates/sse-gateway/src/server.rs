@@ -34,7 +34,13 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 pub(crate) async fn serve(shared: Arc<Shared>, public: TcpListener, internal: Option<TcpListener>) {
-    let connections = TaskTracker::new();
+    let connections = shared.connections.clone();
+    let writers: Vec<_> = (0..shared.router.writers().len())
+        .map(|i| {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move { shared.router.writers().run(i, shared.metrics.writer_counters()).await })
+        })
+        .collect();
     let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(&shared)));
     let broker = shared
         .amqp
@@ -65,6 +71,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, public: TcpListener, internal: Op
         let _ = tokio::time::timeout(Duration::from_secs(2), b).await;
     }
     if let Some(task) = internal_loop {
+        task.abort();
+    }
+    for task in writers {
         task.abort();
     }
     info!("shutdown complete");
@@ -124,15 +133,29 @@ async fn drain(shared: &Arc<Shared>, connections: &TaskTracker) {
     }
 }
 
+/// Stalled streams closed per second at most. Closing one costs a reset, a
+/// disconnect callback and a log line; thousands that stalled together are
+/// closed over a few seconds instead of in one burst that would delay every
+/// healthy stream's events.
+const STALL_CLOSES_PER_SECOND: usize = 1000;
+
+/// How often the stall sweep runs (or every `STREAM_STALL_SECONDS`, if shorter).
+const STALL_SWEEP: Duration = Duration::from_millis(250);
+
 /// Ends streams whose sockets took nothing for `STREAM_STALL_SECONDS` while
-/// data waited: one sweep a second over the open streams (a lock each).
+/// data waited: a sweep every 250 ms over the open streams (a lock each),
+/// closing at most [`STALL_CLOSES_PER_SECOND`] a second; the rest stay
+/// stalled and are closed by the next sweeps.
 async fn stall_loop(shared: Arc<Shared>) {
     let limit = shared.config.stream_stall;
-    let mut tick = tokio::time::interval(Duration::from_secs(1).min(limit));
+    let period = STALL_SWEEP.min(limit);
+    let per_sweep = (STALL_CLOSES_PER_SECOND as f64 * period.as_secs_f64()).ceil().max(1.0) as usize;
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for (token, peer, queue) in shared.router.stalled(std::time::Instant::now(), limit) {
+        for (token, peer, queue) in shared.router.stalled(std::time::Instant::now(), limit).into_iter().take(per_sweep)
+        {
             queue.stall();
             shared.metrics.emit(Event::StreamStalled { token, peer, waited: limit });
         }

@@ -29,6 +29,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// Connect tasks, disconnect callbacks and HTTP/2 stream tasks; shutdown waits for them.
     pub(crate) tracker: TaskTracker,
+    /// Client connections, and the raw streams that leave their connection
+    /// task; the drain waits for them before it cuts.
+    pub(crate) connections: TaskTracker,
     /// Fired to start a graceful shutdown.
     pub(crate) shutdown: CancellationToken,
     /// Parent of every hyper connection's abort token; fired at the shutdown deadline.
@@ -69,6 +72,7 @@ impl Shared {
             hook,
             metrics,
             tracker,
+            connections: TaskTracker::new(),
             shutdown,
             cut: CancellationToken::new(),
             amqp,

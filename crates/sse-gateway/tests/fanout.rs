@@ -282,3 +282,36 @@ async fn metrics_cover_publish_delivery_bytes_and_callback_latency() {
     assert_eq!(metric(&gw, "sse_gateway_api_requests_total{endpoint=\"publish\",status=\"200\"}").await, 1.0);
     assert_eq!(metric(&gw, "sse_gateway_active_connections").await, 2.0);
 }
+
+#[tokio::test]
+async fn a_publish_to_many_streams_goes_through_the_writer_shards_and_to_a_few_inline() {
+    let backend = Backend::start().await;
+    let gw = gateway(&backend, &[DEFAULT_BINDINGS, ("HEARTBEAT_INTERVAL", "3600")]).await;
+    let mut clients = Vec::new();
+    for i in 0..70 {
+        clients.push(stream(&gw, &backend, &format!("/s?request_id=w{i}")).await.0);
+    }
+    let streams_written = "sse_gateway_writer_streams_total ";
+    assert_eq!(metric(&gw, streams_written).await, 0.0, "nothing written by the shards yet");
+    // 70 streams (more than the 64 written inline): the writer shards write it.
+    for n in 1..=3 {
+        let (_, body) = publish(&gw, json!({"key": "broadcast", "event": event("many", &n.to_string())})).await;
+        assert_eq!(body, json!({"matched": 70}));
+    }
+    for c in &mut clients {
+        for n in 1..=3 {
+            assert_eq!(c.next_event().await.data, format!("{{\"type\":\"many\",\"payload\":{n}}}"));
+        }
+    }
+    let after_broadcasts = metric(&gw, streams_written).await;
+    assert!(
+        (70.0..=210.0).contains(&after_broadcasts),
+        "each stream handed to a shard once per turn: {after_broadcasts}"
+    );
+    assert!(metric(&gw, "sse_gateway_writer_runs_total ").await >= 1.0);
+    // One stream (a key with few streams): written inline, the shards do nothing.
+    let (_, body) = publish(&gw, json!({"key": "connection.w7", "event": event("one", "7")})).await;
+    assert_eq!(body, json!({"matched": 1}));
+    assert_eq!(clients[7].next_event().await.data, r#"{"type":"one","payload":7}"#);
+    assert_eq!(metric(&gw, streams_written).await, after_broadcasts, "written inline");
+}
