@@ -309,6 +309,7 @@ pub async fn run(args: AdminArgs, dialer: Arc<Dialer>) -> anyhow::Result<AdminRe
         ready_timeout: Duration::from_secs(30),
         expected_seqs: None,
         h2: None,
+        shared_latencies: None,
     };
     let fleet = Fleet::launch(spec, Arc::clone(&dialer));
     let open_time = fleet.wait_open().await;

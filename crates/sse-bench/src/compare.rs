@@ -150,9 +150,47 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, Better)] {
             ("load generator CPU (% of one core)", "/cpu/load_generator/percent_of_one_core", Neither),
             ("other processes CPU (% of one core)", "/cpu/other_percent_of_one_core", Neither),
         ],
+        "soak" => &[
+            ("streams open", "/streams_opened", Higher),
+            ("streams lost", "/streams_lost", Lower),
+            ("minutes of publishing", "/minutes", Neither),
+            ("broadcasts/s requested", "/rate_requested", Neither),
+            ("publishes/s achieved", "/publish_rate_achieved", Higher),
+            ("publishes not sent in the minutes", "/publishes_not_sent", Lower),
+            ("deliveries expected", "/deliveries_expected", Neither),
+            ("deliveries received", "/deliveries_received", Neither),
+            ("missing", "/missing", Lower),
+            ("duplicated", "/duplicated", Lower),
+            ("out of order", "/out_of_order", Lower),
+            ("streams incomplete", "/streams_incomplete", Lower),
+            ("latency p50 (ms)", "/latency/p50_ms", Lower),
+            ("latency p99 (ms)", "/latency/p99_ms", Lower),
+            ("latency max (ms)", "/latency/max_ms", Lower),
+            ("arrival latency p99 (ms)", "/latency_arrival/p99_ms", Lower),
+            ("server RSS before the streams (bytes)", "/rss_before_open_bytes", Lower),
+            ("server RSS first sample (bytes)", "/rss_first_bytes", Lower),
+            ("server RSS last sample (bytes)", "/rss_last_bytes", Lower),
+            ("server RSS peak (bytes)", "/rss_peak_bytes", Lower),
+            // Slopes near 0 make ratios meaningless: shown, not compared.
+            ("RSS slope, all samples (bytes/min)", "/rss_slope/bytes_per_min", Neither),
+            ("RSS slope, all samples (bytes per stream per hour)", "/rss_slope/bytes_per_stream_per_hour", Neither),
+            ("RSS slope, all samples (r²)", "/rss_slope/r_squared", Neither),
+            ("RSS slope, second half (bytes/min)", "/rss_slope_second_half/bytes_per_min", Neither),
+            (
+                "RSS slope, second half (bytes per stream per hour)",
+                "/rss_slope_second_half/bytes_per_stream_per_hour",
+                Neither,
+            ),
+            ("server CPU (% of one core)", "/cpu/server/percent_of_one_core", Lower),
+            ("load generator CPU (% of one core)", "/cpu/load_generator/percent_of_one_core", Neither),
+            ("other processes CPU (% of one core)", "/cpu/other_percent_of_one_core", Neither),
+        ],
         _ => &[],
     }
 }
+
+/// Rows of a soak's sample table at most (every k-th sample, and the last).
+const SOAK_ROWS: usize = 30;
 
 enum Outcome {
     Ran(Value),
@@ -200,6 +238,8 @@ const HISTORY_OFF: &str = "-history-off";
 const HISTORY_ON: &str = "-history-on";
 /// Results of the `resume` scenario (our gateway alone, HTTP or RabbitMQ mode).
 const RESUME: &str = "resume";
+/// Results of the `soak` scenario: in the main table, and their samples in one table each.
+const SOAK: &str = "soak";
 
 /// The tables for the results in `dir`: ours against Nchan, then (when
 /// present) history off against on, and the resume runs.
@@ -208,6 +248,7 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
     // base -> run suffixes, for the off/on pairs
     let mut history: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut resumes = BTreeSet::new();
+    let mut soaks = BTreeSet::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
         let file = entry?.file_name().to_string_lossy().into_owned();
         let Some(stem) = file.strip_suffix(".json").or_else(|| file.strip_suffix(".failed")) else { continue };
@@ -219,6 +260,9 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
         } else if let Some((base, run)) = name.split_once(HISTORY_OFF).or_else(|| name.split_once(HISTORY_ON)) {
             history.entry(base.to_owned()).or_default().insert(run.to_owned());
         } else {
+            if name.starts_with(SOAK) && file.ends_with(".json") {
+                soaks.insert(stem.to_owned());
+            }
             names.insert(name.to_owned());
         }
     }
@@ -232,6 +276,45 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
     }
     if !resumes.is_empty() {
         out.push_str(&resume_table(dir, &resumes)?);
+    }
+    for stem in &soaks {
+        out.push_str(&soak_table(dir, stem)?);
+    }
+    Ok(out)
+}
+
+/// The samples of one soak result (`<target>-soak...`): time, server RSS,
+/// server CPU and latency of the window, at most [`SOAK_ROWS`] rows.
+fn soak_table(dir: &Path, stem: &str) -> anyhow::Result<String> {
+    let (target, name) = stem.split_once('-').unwrap_or((stem, ""));
+    let Outcome::Ran(v) = load(dir, target, name)? else { return Ok(String::new()) };
+    let samples = v.get("samples").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let step = samples.len().div_ceil(SOAK_ROWS).max(1);
+    let mut out = format!(
+        "\nSoak samples, {stem} (every {step}. of {}):\n\n\
+         | t (s) | server RSS (MiB) | server CPU (% of one core) | window p50 (ms) | window p99 (ms) | window max (ms) | lost |\n\
+         |---|---|---|---|---|---|---|\n",
+        samples.len()
+    );
+    let num = |s: &Value, pointer: &str| s.pointer(pointer).and_then(Value::as_f64);
+    let fmt = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.2}"));
+    for (i, s) in samples.iter().enumerate() {
+        if i % step != 0 && i + 1 != samples.len() {
+            continue;
+        }
+        // A window without events (the first sample) has no latency.
+        let events = num(s, "/latency/count").is_none_or(|n| n > 0.0);
+        let latency = |pointer: &str| fmt(num(s, pointer).filter(|_| events));
+        out.push_str(&format!(
+            "| {:.0} | {} | {} | {} | {} | {} | {} |\n",
+            num(s, "/t_secs").unwrap_or(0.0),
+            fmt(num(s, "/rss_bytes").map(|b| b / 1048576.0)),
+            fmt(num(s, "/cpu/server/percent_of_one_core")),
+            latency("/latency/p50_ms"),
+            latency("/latency/p99_ms"),
+            latency("/latency/max_ms"),
+            num(s, "/streams_lost").map_or("-".to_owned(), |x| format!("{x:.0}")),
+        ));
     }
     Ok(out)
 }
@@ -386,6 +469,36 @@ mod tests {
         assert!(table.contains("| hold | server RSS per stream (bytes) | 4000 | 10000 | 2.50× |"), "{table}");
         assert!(table.contains("| send | sends/s | 30000 | not run | - |"), "{table}");
         assert!(table.contains("| churn | (no results) | not run | failed | - |"), "{table}");
+    }
+
+    #[test]
+    fn soak_results_get_their_samples_table() {
+        let dir = std::env::temp_dir().join(format!("sse-bench-compare-soak-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let sample = |t: u32, rss_mib: u32| {
+            format!(
+                r#"{{"t_secs":{t}.2,"rss_bytes":{},"cpu":{{"server":{{"percent_of_one_core":12.5}}}},"latency":{{"p50_ms":1.0,"p99_ms":2.5,"max_ms":9.0}},"streams_lost":0}}"#,
+                rss_mib * 1048576
+            )
+        };
+        // 61 samples: every 3rd (0, 30, ..., 600 s) and nothing else is shown.
+        let mut samples: Vec<String> = (0..=60).map(|i| sample(i * 10, 40 + i)).collect();
+        samples[0] = r#"{"t_secs":0.0,"rss_bytes":41943040,"cpu":null,"latency":{"count":0,"p50_ms":0.0,"p99_ms":0.0,"max_ms":0.0},"streams_lost":0}"#.to_owned();
+        let ours = format!(
+            r#"{{"scenario":"soak","streams_opened":10000,"missing":0,"rss_slope":{{"bytes_per_min":1234.4}},"samples":[{}]}}"#,
+            samples.join(",")
+        );
+        std::fs::write(dir.join("ours-soak.json"), ours).expect("write");
+        let table = table(&dir).expect("table");
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(table.contains("| soak | streams open | 10000 | not run | - |"), "{table}");
+        assert!(table.contains("| soak | RSS slope, all samples (bytes/min) | 1234 | not run | - |"), "{table}");
+        assert!(table.contains("Soak samples, ours-soak (every 3. of 61)"), "{table}");
+        assert!(table.contains("| 0 | 40.00 | - | - | - | - | 0 |"), "no CPU or latency without a window: {table}");
+        assert!(table.contains("| 30 | 43.00 | 12.50 | 1.00 | 2.50 | 9.00 | 0 |"), "{table}");
+        assert!(table.contains("| 600 | 100.00 |"), "the last sample: {table}");
+        assert!(!table.contains("| 10 | 41.00 |"), "only every 3rd: {table}");
+        assert_eq!(table.matches("| 12.50 |").count(), 20, "{table}");
     }
 
     #[test]

@@ -181,6 +181,7 @@ pub async fn run(args: FanoutArgs, dialer: Arc<Dialer>) -> anyhow::Result<Fanout
         ready_timeout: Duration::from_secs(30),
         expected_seqs: Some(count),
         h2,
+        shared_latencies: None,
     };
     let fleet = Fleet::launch(spec, Arc::clone(&dialer));
     fleet.wait_open().await;

@@ -4,7 +4,9 @@
 //!
 //! Owns the streams and their per-stream delivery records; scenarios only
 //! read the shared [`Counters`] while running and the [`FleetResult`] after
-//! [`Fleet::close`].
+//! [`Fleet::close`]. Latencies are kept per stream, or, for runs too long
+//! for that, counted into one [`SharedLatencies`] the scenario empties as it
+//! goes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use crate::client::{Batch, Dialer, Endpoint, SseStream};
 use crate::h2::{H2Pool, H2Stream};
 use crate::payload;
 use crate::report::Progress;
-use crate::stats::micros_between;
+use crate::stats::{AtomicHistogram, micros_between};
 use crate::target::Target;
 
 /// What to open.
@@ -42,6 +44,18 @@ pub struct FleetSpec {
     /// Open the streams over these HTTP/2 connections instead of one
     /// HTTP/1.1 connection each.
     pub h2: Option<Arc<H2Pool>>,
+    /// Count every stream's latencies here instead of keeping them per
+    /// stream (`Delivery::latencies_us` then stays empty).
+    pub shared_latencies: Option<Arc<SharedLatencies>>,
+}
+
+/// Latencies of every stream of a fleet, counted as they arrive (see `stats`).
+#[derive(Debug, Default)]
+pub struct SharedLatencies {
+    /// Send time to the client having parsed the event.
+    pub parsed: AtomicHistogram,
+    /// Send time to the kernel's receive timestamp.
+    pub arrived: AtomicHistogram,
 }
 
 /// One client stream: its own HTTP/1.1 connection, or a stream of an h2 one.
@@ -148,16 +162,20 @@ pub struct Delivery {
     /// generator's own scheduling delays.
     pub arrival_latencies_us: Vec<u32>,
     pub seqs: Option<SeqTracker>,
+    /// Where the latencies go instead of the two vectors, if set.
+    shared: Option<Arc<SharedLatencies>>,
 }
 
 impl Delivery {
-    fn new(expected_seqs: Option<usize>) -> Self {
+    fn new(expected_seqs: Option<usize>, shared: Option<Arc<SharedLatencies>>) -> Self {
+        let capacity = if shared.is_some() { 0 } else { expected_seqs.unwrap_or(0) };
         Self {
             received: 0,
             unparsable: 0,
-            latencies_us: Vec::with_capacity(expected_seqs.unwrap_or(0)),
-            arrival_latencies_us: Vec::with_capacity(expected_seqs.unwrap_or(0)),
+            latencies_us: Vec::with_capacity(capacity),
+            arrival_latencies_us: Vec::with_capacity(capacity),
             seqs: expected_seqs.map(SeqTracker::new),
+            shared,
         }
     }
 
@@ -173,9 +191,19 @@ impl Delivery {
                     Some((seq, ts)) => {
                         self.received += 1;
                         n += 1;
-                        self.latencies_us.push(micros_between(ts, now));
-                        if let Some(arrived) = batch.arrived_us {
-                            self.arrival_latencies_us.push(micros_between(ts, arrived));
+                        let parsed = micros_between(ts, now);
+                        let arrived = batch.arrived_us.map(|at| micros_between(ts, at));
+                        match &self.shared {
+                            Some(shared) => {
+                                shared.parsed.record(parsed);
+                                if let Some(a) = arrived {
+                                    shared.arrived.record(a);
+                                }
+                            }
+                            None => {
+                                self.latencies_us.push(parsed);
+                                self.arrival_latencies_us.extend(arrived);
+                            }
                         }
                         if let Some(seqs) = &mut self.seqs {
                             seqs.see(seq);
@@ -323,7 +351,7 @@ async fn run_stream(i: u64, shared: Arc<Shared>) -> StreamOutcome {
         opened: false,
         ended_early: false,
         error: None,
-        delivery: Delivery::new(shared.spec.expected_seqs),
+        delivery: Delivery::new(shared.spec.expected_seqs, shared.spec.shared_latencies.clone()),
     };
     let opening = async {
         let _permit = shared.gate.acquire().await;
@@ -450,7 +478,7 @@ mod tests {
 
     #[test]
     fn delivery_records_message_events_only() {
-        let mut d = Delivery::new(Some(10));
+        let mut d = Delivery::new(Some(10), None);
         let event = |event_type: &str, data: &str| {
             Frame::Event(sse_wire::ParsedEvent {
                 event_type: event_type.to_owned(),
@@ -467,5 +495,20 @@ mod tests {
         assert_eq!(d.take(Batch { frames, arrived_us: Some(1500) }), 1);
         assert_eq!((d.received, d.unparsable, d.latencies_us.len()), (1, 1, 1));
         assert_eq!(d.arrival_latencies_us, vec![1500]);
+    }
+
+    #[test]
+    fn shared_latencies_are_counted_instead_of_kept() {
+        let shared = Arc::new(SharedLatencies::default());
+        let mut d = Delivery::new(Some(10), Some(Arc::clone(&shared)));
+        let frames = vec![Frame::Event(sse_wire::ParsedEvent {
+            event_type: "message".to_owned(),
+            data: payload::encode(2, 0),
+            last_event_id: String::new(),
+        })];
+        assert_eq!(d.take(Batch { frames, arrived_us: Some(1500) }), 1);
+        assert!(d.latencies_us.is_empty() && d.arrival_latencies_us.is_empty());
+        assert_eq!(shared.parsed.take().summary().count, 1);
+        assert_eq!(shared.arrived.take().summary().max_ms, 1.5);
     }
 }

@@ -131,6 +131,7 @@ pub async fn run(args: HoldArgs, dialer: Arc<Dialer>) -> anyhow::Result<HoldRepo
         ready_timeout: Duration::from_secs(30),
         expected_seqs: None,
         h2,
+        shared_latencies: None,
     };
     let fleet = Fleet::launch(spec, dialer);
     let open_time = fleet.wait_open().await;

@@ -14,8 +14,9 @@
 //! output), one module per scenario (`admin` and `roster` measure the
 //! control plane; `storm` and `stall` the faults: a gateway killed under
 //! thousands of `EventSource` clients, clients that stop reading; `resume`
-//! the replay of missed events), `h2` (HTTP/2 over TLS streams and the
-//! `cert` command), and `compare` (the results table).
+//! the replay of missed events; `soak` memory and delivery over minutes),
+//! `h2` (HTTP/2 over TLS streams and the `cert` command), and `compare` (the
+//! results table).
 
 mod admin;
 mod backend;
@@ -33,6 +34,7 @@ mod report;
 mod resume;
 mod roster;
 mod send;
+mod soak;
 mod stall;
 mod stats;
 mod storm;
@@ -81,6 +83,9 @@ enum Command {
     /// Healthy streams under a steady publish rate next to streams that never read: healthy
     /// latency, server RSS, kernel TCP memory, stalled streams closed over time.
     Stall(stall::StallArgs),
+    /// N streams for D minutes under R broadcasts/s: server RSS every few seconds and its slope,
+    /// every event checked on every stream, latency per window, server CPU.
+    Soak(soak::SoakArgs),
     /// Print the ours-vs-Nchan table of a results directory.
     Compare(compare::CompareArgs),
     /// Write a self-signed certificate (cert.pem, key.pem) for a gateway under test with TLS.
@@ -120,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(args) => h2::write_cert(&args),
         Command::Storm(args) => emit(&storm::run(args, dialer).await?, cli.json),
         Command::Stall(args) => emit(&stall::run(args, dialer).await?, cli.json),
+        Command::Soak(args) => emit(&soak::run(args, dialer).await?, cli.json),
         Command::Compare(args) => {
             print!("{}", compare::table(&args.dir)?);
             Ok(())

@@ -125,6 +125,7 @@ pub async fn run(args: RosterArgs, dialer: Arc<Dialer>) -> anyhow::Result<Roster
         ready_timeout: Duration::from_secs(30),
         expected_seqs: None,
         h2: None,
+        shared_latencies: None,
     };
     let fleet = Fleet::launch(spec, Arc::clone(&dialer));
     fleet.wait_open().await;

@@ -141,6 +141,7 @@ pub async fn run(args: SendArgs, dialer: Arc<Dialer>) -> anyhow::Result<SendRepo
         ready_timeout: Duration::from_secs(30),
         expected_seqs: None,
         h2: None,
+        shared_latencies: None,
     };
     let fleet = Fleet::launch(spec, Arc::clone(&dialer));
     fleet.wait_open().await;

@@ -244,6 +244,7 @@ pub async fn run(args: StallArgs, dialer: Arc<Dialer>) -> anyhow::Result<StallRe
         ready_timeout: Duration::from_secs(30),
         expected_seqs: Some(count),
         h2: None,
+        shared_latencies: None,
     };
     let fleet = Fleet::launch(spec, Arc::clone(&dialer));
     fleet.wait_open().await;
