@@ -77,10 +77,88 @@ enum Slot {
     Open(Open),
 }
 
+/// The streams bound to one routing key. Most keys of a stream are its own
+/// (`connection.<request_id>`, `subject.<sub>`) and have one stream: those
+/// cost no map of their own (a map per key was about 130 bytes per idle
+/// stream).
+#[derive(Debug)]
+enum Bound {
+    One(Uuid, Arc<StreamQueue>),
+    Many(HashMap<Uuid, Arc<StreamQueue>>),
+}
+
+impl Bound {
+    fn insert(&mut self, token: Uuid, queue: Arc<StreamQueue>) {
+        match self {
+            Self::One(t, _) if *t == token => *self = Self::One(token, queue),
+            Self::One(t, q) => {
+                let mut map = HashMap::with_capacity(2);
+                map.insert(*t, Arc::clone(q));
+                map.insert(token, queue);
+                *self = Self::Many(map);
+            }
+            Self::Many(map) => {
+                map.insert(token, queue);
+            }
+        }
+    }
+
+    /// Removes `token`; true when no stream is left.
+    fn remove(&mut self, token: &Uuid) -> bool {
+        match self {
+            Self::One(t, _) => t == token,
+            Self::Many(map) => {
+                map.remove(token);
+                map.is_empty()
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::One(..) => 1,
+            Self::Many(map) => map.len(),
+        }
+    }
+
+    fn iter(&self) -> BoundIter<'_> {
+        match self {
+            Self::One(t, q) => BoundIter::One(Some((t, q))),
+            Self::Many(map) => BoundIter::Many(map.iter()),
+        }
+    }
+}
+
+enum BoundIter<'a> {
+    One(Option<(&'a Uuid, &'a Arc<StreamQueue>)>),
+    Many(std::collections::hash_map::Iter<'a, Uuid, Arc<StreamQueue>>),
+}
+
+impl<'a> Iterator for BoundIter<'a> {
+    type Item = (&'a Uuid, &'a Arc<StreamQueue>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Self::One(one) => one.take(),
+            Self::Many(it) => it.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = match self {
+            Self::One(one) => usize::from(one.is_some()),
+            Self::Many(it) => it.len(),
+        };
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for BoundIter<'_> {}
+
 #[derive(Debug, Default)]
 struct State {
     slots: HashMap<Uuid, Slot>,
-    keys: HashMap<Box<str>, HashMap<Uuid, Arc<StreamQueue>>>,
+    keys: HashMap<Box<str>, Bound>,
     /// request_id -> held events; `held_keys` maps the hold's key back to it.
     holds: HashMap<Box<str>, Hold>,
     held_keys: HashMap<Box<str>, Box<str>>,
@@ -90,11 +168,10 @@ struct State {
 impl State {
     fn unbind(&mut self, token: Uuid, keys: &[Box<str>]) {
         for key in keys {
-            if let Some(streams) = self.keys.get_mut(key) {
-                streams.remove(&token);
-                if streams.is_empty() {
-                    self.keys.remove(key);
-                }
+            if let Some(streams) = self.keys.get_mut(key)
+                && streams.remove(&token)
+            {
+                self.keys.remove(key);
             }
         }
     }
@@ -180,7 +257,7 @@ fn deliver_each<'a>(
 fn deliver_key(st: &State, writers: &Writers, key: &str, frame: Option<&Bytes>, close: bool, result: &mut Published) {
     if let Some(streams) = st.keys.get(key) {
         let how = if streams.len() <= WRITE_THROUGH_MAX { Write::Through } else { Write::Shard };
-        deliver_each(streams.values(), frame, close, how, writers, result);
+        deliver_each(streams.iter().map(|(_, q)| q), frame, close, how, writers, result);
     }
 }
 
@@ -297,7 +374,7 @@ impl Router {
 
     /// Open streams bound to `key` now.
     pub(crate) fn bound(&self, key: &str) -> usize {
-        self.read().keys.get(key).map_or(0, HashMap::len)
+        self.read().keys.get(key).map_or(0, Bound::len)
     }
 
     /// Ends one open stream (`server_closed`) after what is queued; true if it was open.
@@ -620,7 +697,12 @@ impl Router {
             if bound.contains(&key) {
                 continue;
             }
-            st.keys.entry(key.clone()).or_default().insert(token, Arc::clone(queue));
+            match st.keys.get_mut(&key) {
+                Some(streams) => streams.insert(token, Arc::clone(queue)),
+                None => {
+                    st.keys.insert(key.clone(), Bound::One(token, Arc::clone(queue)));
+                }
+            }
             bound.push(key);
         }
         st.slots.insert(
@@ -752,7 +834,7 @@ impl Router {
     pub(crate) fn list(&self, key: Option<&str>, after: Option<Uuid>, limit: usize) -> (Vec<StreamInfo>, Option<Uuid>) {
         let st = self.read();
         let mut tokens: Vec<Uuid> = match key {
-            Some(k) => st.keys.get(k).map(|m| m.keys().copied().collect()).unwrap_or_default(),
+            Some(k) => st.keys.get(k).map(|m| m.iter().map(|(t, _)| *t).collect()).unwrap_or_default(),
             None => st.slots.iter().filter(|(_, s)| matches!(s, Slot::Open(_))).map(|(t, _)| *t).collect(),
         };
         tokens.retain(|t| after.is_none_or(|a| *t > a));
@@ -786,7 +868,7 @@ impl Router {
     pub(crate) fn close_key(&self, key: &str, hint: impl Fn() -> Bytes) -> usize {
         let st = self.read();
         let Some(streams) = st.keys.get(key) else { return 0 };
-        streams.values().filter(|q| q.close(Some(hint()), DisconnectReason::ServerClosed)).count()
+        streams.iter().filter(|(_, q)| q.close(Some(hint()), DisconnectReason::ServerClosed)).count()
     }
 
     /// Refuses new registrations and returns every open stream, to be closed.
@@ -876,6 +958,21 @@ mod tests {
         open(&r, &[]);
         r.register_pending(Uuid::new_v4()).unwrap();
         assert_eq!(r.register_pending(Uuid::new_v4()), Err(Refused::Full));
+    }
+
+    #[test]
+    fn a_key_holds_one_stream_without_a_map_and_grows_and_shrinks_through_one() {
+        let r = Router::new(1000, 10, Duration::ZERO, None);
+        let (t1, q1) = open(&r, &["k"]);
+        assert!(matches!(r.read().keys.get("k"), Some(Bound::One(t, _)) if *t == t1));
+        let (t2, _q2) = open(&r, &["k"]);
+        assert_eq!(r.bound("k"), 2);
+        r.write().remove(t1);
+        assert_eq!(r.bound("k"), 1);
+        r.write().remove(t2);
+        assert_eq!(r.bound("k"), 0);
+        assert!(r.read().keys.is_empty(), "an unbound key leaves the index");
+        drop(q1);
     }
 
     #[test]
