@@ -18,9 +18,11 @@
 //!
 //! Idle connections wait in a last-in-first-out list. There is no cap of its
 //! own: every callback holds one of the gateway's callback slots (`pacing`)
-//! while it runs, so there are never more connections than slots. A
-//! connection the backend closed while idle is seen (and dropped) when it is
-//! next taken; one idle for longer than [`IDLE_TIMEOUT`] is closed.
+//! while it runs, so there are never more connections than slots. Nothing
+//! watches an idle connection (hyper's connection task did): one the backend
+//! closed is seen and dropped when it is next taken, and those idle for
+//! longer than [`IDLE_TIMEOUT`] are closed at the next callback, so a
+//! gateway with no callbacks at all may keep a few closed ones open.
 
 use std::io;
 use std::sync::Mutex;
