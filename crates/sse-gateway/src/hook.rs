@@ -12,13 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 use uuid::Uuid;
+
+use crate::callback_client::CallbackClient;
 
 /// A boxed future, so the trait stays object-safe.
 pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -186,13 +184,12 @@ impl Refusal {
 }
 
 /// The SSEGateway callback: `POST CALLBACK_URL` with a JSON body.
-#[derive(Clone)]
 pub struct HttpCallbackHook {
-    url: http::Uri,
     timeout: Duration,
     /// Sent in every callback when rosters are on.
     instance: Option<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// Kept-alive connections to `CALLBACK_URL`.
+    client: CallbackClient,
 }
 
 /// How long a connect callback may run in all. The gateway answers the
@@ -226,10 +223,7 @@ impl HttpCallbackHook {
     /// A hook posting to `url` with the given timeout per callback; with
     /// `instance`, every callback names this gateway instance (rosters on).
     pub fn new(url: http::Uri, timeout: Duration, instance: Option<String>) -> Arc<Self> {
-        // Idle pooled connections to the backend each keep hyper's buffers; a
-        // burst of connects must not leave hundreds of them behind.
-        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(32).build_http();
-        Arc::new(Self { url, timeout, instance, client })
+        Arc::new(Self { timeout, instance, client: CallbackClient::new(&url) })
     }
 
     async fn post(
@@ -238,26 +232,13 @@ impl HttpCallbackHook {
         timeout: Duration,
     ) -> Result<(http::StatusCode, Option<String>, Bytes), Refusal> {
         let json = serde_json::to_vec(body).map_err(|e| Refusal::Unavailable(e.to_string()))?;
-        let req = http::Request::post(self.url.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(json)))
-            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
-        let call = async {
-            let resp = self.client.request(req).await.map_err(|e| Refusal::Unavailable(error_chain(&e)))?;
-            let status = resp.status();
-            let phrase = resp
-                .extensions()
-                .get::<hyper::ext::ReasonPhrase>()
-                .map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned());
-            // A body that fails to arrive or is too large counts as empty, i.e. `{}`.
-            let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            Ok((status, phrase, body))
-        };
-        tokio::time::timeout(timeout, call).await.map_err(|_| Refusal::Timeout)?
+        // A body that fails to arrive or is too large counts as empty, i.e. `{}`.
+        let call = self.client.post_json(&json, MAX_ANSWER_BYTES);
+        let answer = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| Refusal::Timeout)?
+            .map_err(|e| Refusal::Unavailable(error_chain(&e)))?;
+        Ok((answer.status, answer.phrase, answer.body))
     }
 }
 

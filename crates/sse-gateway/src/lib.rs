@@ -26,6 +26,7 @@ mod amqp;
 mod amqp_stream;
 mod api;
 mod app;
+mod callback_client;
 mod chunk;
 mod command;
 pub mod config;

@@ -26,6 +26,10 @@ use tokio::sync::Notify;
 
 use crate::queue::StreamQueue;
 
+/// Streams a writer writes before it lets the worker run other tasks (a
+/// socket write costs a few microseconds: about a millisecond between yields).
+const YIELD_EVERY: usize = 256;
+
 /// One list of streams to write and its writer's wake-up.
 #[derive(Debug, Default)]
 struct Shard {
@@ -80,8 +84,13 @@ impl Writers {
             std::mem::swap(&mut batch, &mut *shard.todo());
             runs.inc();
             streams.inc_by(batch.len() as u64);
-            for queue in batch.drain(..) {
+            for (n, queue) in batch.drain(..).enumerate() {
                 queue.write_queued();
+                if n % YIELD_EVERY == YIELD_EVERY - 1 {
+                    // A long list must not hold this worker: connects,
+                    // publishes and other streams run in between.
+                    tokio::task::yield_now().await;
+                }
             }
         }
     }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sse_testkit::{AmqpPublisher, Backend, Process, RabbitNode, amqp_url, send_json};
 use sse_wire::{Frame, ParsedEvent};
-use support::{DEFAULT_BINDINGS, event, open_resuming as open, payload, wait_for_metric};
+use support::{
+    DEFAULT_BINDINGS, event, metric, open_resuming as open, payload, wait_for_metric, wait_for_metric_at_least,
+};
 
 /// A unique exchange prefix whose history stream is deleted on drop.
 struct Prefix(String);
@@ -93,7 +95,11 @@ async fn a_reconnect_to_the_other_instance_gets_exactly_its_missed_events_before
     publisher.publish("broadcast", "live", "5").await;
     let live = again.next_event().await;
     assert_eq!(live.data, payload("live", "5"));
-    // The same event has the same id on every instance.
+    // The same event has the same id on every instance. Each instance reads
+    // the broker at its own pace, and a stream gw1 opens before it has read
+    // "live" would get it as live: wait until gw1 has read what gw2 has.
+    let read = "sse_gateway_rabbitmq_messages_total{outcome=\"delivered\"} ";
+    wait_for_metric_at_least(&gw1, read, metric(&gw2, read).await).await;
     let (mut other, _, _, _) = open(&gw1, &backend, "/s?request_id=r3", None).await;
     publisher.publish("broadcast", "both", "6").await;
     let (a, b) = (again.next_event().await, other.next_event().await);
