@@ -12,12 +12,15 @@ use bytes::{Buf, Bytes};
 /// Most frames written in one chunk (the iovec array lives on the stack).
 pub(crate) const MAX_FRAMES: usize = 62;
 
-/// Slices one write of a [`Chunk`] can need: size line, frames, trailer.
-pub(crate) const MAX_SLICES: usize = MAX_FRAMES + 2;
+/// Slices one write of a [`Chunk`] can need: lead, size line, frames, trailer.
+pub(crate) const MAX_SLICES: usize = MAX_FRAMES + 3;
 
 /// The bytes of the chunk being written: size line, frames, trailer.
 #[derive(Debug, Default)]
 pub(crate) struct Chunk {
+    /// Bytes written before the chunk (a raw stream's response head, sent
+    /// with its first chunk in one write).
+    lead: &'static [u8],
     head: [u8; 18],
     head_pos: usize,
     head_len: usize,
@@ -31,7 +34,12 @@ pub(crate) struct Chunk {
 
 impl Chunk {
     pub(crate) fn is_empty(&self) -> bool {
-        self.head_pos == self.head_len && self.next == self.frames.len() && self.tail.is_empty()
+        self.lead.is_empty() && self.head_pos == self.head_len && self.next == self.frames.len() && self.tail.is_empty()
+    }
+
+    /// Writes `bytes` first, before whatever chunk comes next.
+    pub(crate) fn lead_with(&mut self, bytes: &'static [u8]) {
+        self.lead = bytes;
     }
 
     pub(crate) fn start_chunk(&mut self) {
@@ -61,6 +69,10 @@ impl Chunk {
 
     pub(crate) fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
+        if !self.lead.is_empty() {
+            slices[n] = IoSlice::new(self.lead);
+            n += 1;
+        }
         if self.head_pos < self.head_len {
             slices[n] = IoSlice::new(&self.head[self.head_pos..self.head_len]);
             n += 1;
@@ -78,6 +90,9 @@ impl Chunk {
 
     pub(crate) fn advance(&mut self, mut n: usize) {
         self.written += n as u64;
+        let step = n.min(self.lead.len());
+        self.lead = &self.lead[step..];
+        n -= step;
         let head_left = self.head_len - self.head_pos;
         let step = n.min(head_left);
         self.head_pos += step;
@@ -131,6 +146,22 @@ mod tests {
             o.advance(all.len() - cut);
             assert!(o.is_empty());
         }
+    }
+
+    #[test]
+    fn a_lead_goes_out_before_the_first_chunk_and_partial_writes_resume_in_it() {
+        let mut out = Chunk { frames: vec![Bytes::from_static(b"ab")], ..Default::default() };
+        out.lead_with(b"HEAD\r\n");
+        out.start_chunk();
+        assert_eq!(written(&out), b"HEAD\r\n2\r\nab\r\n");
+        out.advance(3);
+        assert_eq!(written(&out), b"D\r\n2\r\nab\r\n");
+        out.advance(10);
+        assert!(out.is_empty());
+        let mut alone = Chunk::default();
+        alone.lead_with(b"HEAD");
+        assert!(!alone.is_empty());
+        assert_eq!(written(&alone), b"HEAD");
     }
 
     #[test]

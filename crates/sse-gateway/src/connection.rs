@@ -234,6 +234,6 @@ mod tests {
         let metrics = crate::metrics::Metrics::default();
         let writer = raw_stream::serve(server, handle, &metrics, None);
         let size = std::mem::size_of_val(&writer);
-        assert!(size <= 256, "stream writer future is {size} bytes");
+        assert!(size <= 192, "stream writer future is {size} bytes");
     }
 }

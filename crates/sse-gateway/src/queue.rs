@@ -391,8 +391,28 @@ impl StreamQueue {
     }
 
     /// Lets publishers write straight to this stream's sink.
+    #[cfg(test)]
     pub(crate) fn attach_sink(&self, sink: Arc<dyn Sink>) {
         self.lock().sink = Some(sink);
+    }
+
+    /// Like [`StreamQueue::attach_sink`] for a sink that must get `lead`
+    /// (the response head) first: it goes out with what is queued (the
+    /// events buffered during the connect and `ready`) in one write.
+    pub(crate) fn attach_sink_after(&self, sink: Arc<dyn Sink>, lead: &'static [u8]) {
+        let mut st = self.lock();
+        st.sink = Some(sink);
+        st.out.lead_with(lead);
+        if st.out.frames.is_empty() && !st.items.is_empty() {
+            let QueueState { items, bytes, allowance, out, .. } = &mut *st;
+            let n = items.len().min(MAX_FRAMES);
+            for b in items.drain(..n) {
+                *bytes -= b.len();
+                *allowance = allowance.saturating_sub(b.len());
+                out.frames.push(b);
+            }
+            out.start_chunk();
+        }
     }
 
     /// Drains the queue into `sink` until the stream ends, the sink fails,

@@ -77,21 +77,17 @@ async fn linger(tcp: &mut TcpStream) {
 
 /// Serves an accepted stream until it ends; dropping `handle` reports the end.
 /// `sndbuf` caps the socket's kernel send buffer.
-pub(crate) async fn serve(mut tcp: TcpStream, handle: StreamHandle, metrics: &Metrics, sndbuf: Option<usize>) {
+pub(crate) async fn serve(tcp: TcpStream, handle: StreamHandle, metrics: &Metrics, sndbuf: Option<usize>) {
     if let Some(bytes) = sndbuf {
         // A client that stops reading then holds this much kernel memory, not megabytes.
         let _ = socket2::SockRef::from(&tcp).set_send_buffer_size(bytes);
     }
-    let head = headers::sse_head();
-    if tcp.write_all(head).await.is_err() {
-        return;
-    }
-    metrics.bytes_written(head.len());
-    // From here on, every write to the socket happens under the queue's lock:
-    // by a publisher writing straight through when nothing is pending, or by
-    // this task draining what queued up meanwhile.
+    // Every write to the socket happens under the queue's lock: by a
+    // publisher writing straight through when nothing is pending, by a
+    // writer shard, or by this task draining what queued up meanwhile. The
+    // response head goes out with the first chunk (`ready`): one write.
     let sink = Arc::new(RawSink { tcp, bytes: metrics.bytes_counter() });
-    handle.queue().attach_sink(Arc::clone(&sink) as Arc<dyn Sink>);
+    handle.queue().attach_sink_after(Arc::clone(&sink) as Arc<dyn Sink>, headers::sse_head());
     let stop = poll_fn(|cx| poll_raw(handle.queue(), &sink, cx)).await;
     if stop == Flushed::Abandoned {
         // Overflowed, stalled or cut: reset instead of a graceful close, so the
