@@ -1,7 +1,9 @@
 //! `compare`: reads the JSON results of one `scripts/bench` run
 //! (`<target>-<name>.json`, one per scenario and target) and prints a
 //! Markdown table of ours against Nchan with the ratio per metric; for
-//! `scripts/bench --history`, history off against on and the resume runs.
+//! `scripts/bench --history`, history off against on and the resume runs;
+//! with floor results (`scripts/bench --floor`), ours and Nchan against the
+//! ideal server `floor-server` and the loopback write cost alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -236,6 +238,10 @@ fn ratio(ours: Option<f64>, nchan: Option<f64>, better: Better) -> String {
 /// and `<base>-history-on<run>`: compared with each other, not with Nchan.
 const HISTORY_OFF: &str = "-history-off";
 const HISTORY_ON: &str = "-history-on";
+/// The ideal server's targets (`floor-server` with 1 and 2 writer threads).
+const FLOORS: [&str; 2] = ["floor1", "floor2"];
+/// The floor server's own counts next to a result: `<target>-<name>.writes.json`.
+const WRITES: &str = ".writes";
 /// Results of the `resume` scenario (our gateway alone, HTTP or RabbitMQ mode).
 const RESUME: &str = "resume";
 /// Results of the `soak` scenario: in the main table, and their samples in one table each.
@@ -249,12 +255,17 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
     let mut history: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut resumes = BTreeSet::new();
     let mut soaks = BTreeSet::new();
+    let mut floors = BTreeSet::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
         let file = entry?.file_name().to_string_lossy().into_owned();
         let Some(stem) = file.strip_suffix(".json").or_else(|| file.strip_suffix(".failed")) else { continue };
         let Some((target, name)) = stem.split_once('-') else { continue };
         if name.starts_with(RESUME) && (target == "ours" || target == "amqp") {
             resumes.insert(stem.to_owned());
+        } else if FLOORS.contains(&target) {
+            if !name.ends_with(WRITES) {
+                floors.insert(name.to_owned());
+            }
         } else if target != "ours" && target != "nchan" {
             continue;
         } else if let Some((base, run)) = name.split_once(HISTORY_OFF).or_else(|| name.split_once(HISTORY_ON)) {
@@ -276,6 +287,9 @@ pub fn table(dir: &Path) -> anyhow::Result<String> {
     }
     if !resumes.is_empty() {
         out.push_str(&resume_table(dir, &resumes)?);
+    }
+    if !floors.is_empty() {
+        out.push_str(&floor_table(dir, &floors)?);
     }
     for stem in &soaks {
         out.push_str(&soak_table(dir, stem)?);
@@ -386,6 +400,69 @@ fn history_table(dir: &Path, pairs: &BTreeMap<String, BTreeSet<String>>) -> anyh
     Ok(out)
 }
 
+/// Ours, the floor server (1 and 2 writer threads) and Nchan per fan-out,
+/// with the floor server's own write counts and `loopback-write` if run.
+fn floor_table(dir: &Path, names: &BTreeSet<String>) -> anyhow::Result<String> {
+    const ROWS: [(&str, &str); 9] = [
+        ("latency p50 (ms)", "/latency/p50_ms"),
+        ("latency p90 (ms)", "/latency/p90_ms"),
+        ("latency p99 (ms)", "/latency/p99_ms"),
+        ("latency max (ms)", "/latency/max_ms"),
+        ("arrival latency p50 (ms)", "/latency_arrival/p50_ms"),
+        ("arrival latency p99 (ms)", "/latency_arrival/p99_ms"),
+        ("missing", "/missing"),
+        ("server CPU (% of one core)", "/cpu/server/percent_of_one_core"),
+        ("other processes CPU (% of one core)", "/cpu/other_percent_of_one_core"),
+    ];
+    const WRITE_ROWS: [(&str, &str); 3] = [
+        ("floor: ns per socket write", "/mean_ns_per_write"),
+        ("floor: one publish's writes p50 (µs)", "/fanout_us_p50"),
+        ("floor: one publish's writes p99 (µs)", "/fanout_us_p99"),
+    ];
+    let mut out = String::from(
+        "\nThe floor (an ideal server, `sse-bench floor-server`, 1 and 2 writer threads):\n\n\
+         | scenario | metric | ours | floor1 | floor2 | nchan |\n|---|---|---|---|---|---|\n",
+    );
+    for name in names {
+        let runs = [
+            load(dir, "ours", name)?,
+            load(dir, "floor1", name)?,
+            load(dir, "floor2", name)?,
+            load(dir, "nchan", name)?,
+        ];
+        for (label, pointer) in ROWS {
+            let c: Vec<String> = runs.iter().map(|r| cell(r, pointer).0).collect();
+            out.push_str(&format!("| {name} | {label} | {} |\n", c.join(" | ")));
+        }
+        let writes =
+            [load(dir, "floor1", &format!("{name}{WRITES}"))?, load(dir, "floor2", &format!("{name}{WRITES}"))?];
+        for (label, pointer) in WRITE_ROWS {
+            let (a, b) = (cell(&writes[0], pointer).0, cell(&writes[1], pointer).0);
+            out.push_str(&format!("| {name} | {label} | - | {a} | {b} | - |\n"));
+        }
+    }
+    if let Outcome::Ran(v) = load(dir, "loopback", "write")? {
+        let n = |p: &str| cell(&Outcome::Ran(v.clone()), p).0;
+        out.push_str(&format!(
+            "\nloopback-write ({} pairs, {} rounds of {} bytes): ns per write (round / streams) mean {}, p50 {}, p99 {}; \
+             round p50 {} µs, p99 {} µs; drained p50 {} µs, p99 {} µs; writer CPU per write: user {} ns, sys {} ns\n",
+            n("/streams"),
+            n("/rounds"),
+            n("/bytes"),
+            n("/ns_per_write_by_round/mean"),
+            n("/ns_per_write_by_round/p50"),
+            n("/ns_per_write_by_round/p99"),
+            n("/round_write_us/p50"),
+            n("/round_write_us/p99"),
+            n("/round_drained_us/p50"),
+            n("/round_drained_us/p99"),
+            n("/writer_user_ns_per_write"),
+            n("/writer_sys_ns_per_write"),
+        ));
+    }
+    Ok(out)
+}
+
 /// One column per resume result.
 fn resume_table(dir: &Path, stems: &BTreeSet<String>) -> anyhow::Result<String> {
     let mut outcomes = Vec::new();
@@ -453,6 +530,26 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
         assert!(table.contains("| ours | base | nchan |"), "{table}");
         assert!(table.contains("| 2000 | 3000 | 10000 |"), "{table}");
+    }
+
+    #[test]
+    fn floor_results_get_their_own_table_with_the_write_counts() {
+        let dir = std::env::temp_dir().join(format!("sse-bench-compare-floor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect("write");
+        let fanout = |p99: f64| format!(r#"{{"scenario":"fanout","latency":{{"p99_ms":{p99}}}}}"#);
+        write("ours-fanout-9x1.json", &fanout(16.0));
+        write("nchan-fanout-9x1.json", &fanout(23.0));
+        write("floor1-fanout-9x1.json", &fanout(9.5));
+        write("floor1-fanout-9x1.writes.json", r#"{"mean_ns_per_write":6100.5}"#);
+        write("floor2-fanout-9x1.failed", "");
+        write("loopback-write.json", r#"{"streams":9,"ns_per_write_by_round":{"p50":5000}}"#);
+        let table = table(&dir).expect("table");
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(table.contains("| fanout-9x1 | latency p99 (ms) | 16 | 23 |"), "the main table stays: {table}");
+        assert!(table.contains("| fanout-9x1 | latency p99 (ms) | 16 | 9.50 | failed | 23 |"), "{table}");
+        assert!(table.contains("| fanout-9x1 | floor: ns per socket write | - | 6100 | not run | - |"), "{table}");
+        assert!(table.contains("loopback-write (9 pairs") && table.contains("p50 5000"), "{table}");
     }
 
     #[test]

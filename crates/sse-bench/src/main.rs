@@ -14,9 +14,10 @@
 //! output), one module per scenario (`admin` and `roster` measure the
 //! control plane; `storm` and `stall` the faults: a gateway killed under
 //! thousands of `EventSource` clients, clients that stop reading; `resume`
-//! the replay of missed events; `soak` memory and delivery over minutes),
-//! `h2` (HTTP/2 over TLS streams and the `cert` command), and `compare` (the
-//! results table).
+//! the replay of missed events; `soak` memory and delivery over minutes;
+//! `floor` the ideal server and the loopback write cost that bound the
+//! fan-out latency), `h2` (HTTP/2 over TLS streams and the `cert` command),
+//! and `compare` (the results table).
 
 mod admin;
 mod backend;
@@ -25,6 +26,7 @@ mod client;
 mod compare;
 mod fanout;
 mod fleet;
+mod floor;
 mod h2;
 mod hold;
 mod payload;
@@ -88,6 +90,11 @@ enum Command {
     Soak(soak::SoakArgs),
     /// Print the ours-vs-Nchan table of a results directory.
     Compare(compare::CompareArgs),
+    /// An ideal fan-out server (the floor): streams answered with the gateway's head and `ready`,
+    /// each publish written to every socket with one write, on 1 or K threads; GET /stats.
+    FloorServer(floor::FloorArgs),
+    /// N loopback TCP pairs in one process: ns per socket write of one buffer to every stream.
+    LoopbackWrite(floor::LoopbackArgs),
     /// Write a self-signed certificate (cert.pem, key.pem) for a gateway under test with TLS.
     Cert(h2::CertArgs),
 }
@@ -123,6 +130,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume(args) => emit(&resume::run(args, dialer).await?, cli.json),
         Command::Churn(args) => emit(&churn::run(args, dialer).await?, cli.json),
         Command::Cert(args) => h2::write_cert(&args),
+        Command::FloorServer(args) => tokio::task::spawn_blocking(move || floor::serve(args)).await?,
+        Command::LoopbackWrite(args) => {
+            emit(&tokio::task::spawn_blocking(move || floor::loopback_write(args)).await??, cli.json)
+        }
         Command::Storm(args) => emit(&storm::run(args, dialer).await?, cli.json),
         Command::Stall(args) => emit(&stall::run(args, dialer).await?, cli.json),
         Command::Soak(args) => emit(&soak::run(args, dialer).await?, cli.json),
