@@ -2,9 +2,10 @@
 //! guard that reports the stream's end.
 //!
 //! Producers (the router, the heartbeat ticker) push shared, already-encoded
-//! `Bytes` into a [`StreamQueue`]; the stream's writer takes them out in
-//! order: a [`Sink`] (the raw socket writer) through
-//! [`StreamQueue::poll_flush`], or the hyper path through
+//! `Bytes` into a [`StreamQueue`]; a writer takes them out in order: for a
+//! raw stream, into its [`Sink`], the pusher itself (write-through, see
+//! [`Write`]), a writer shard ([`StreamQueue::write_queued`]) or the
+//! stream's own task ([`StreamQueue::poll_flush`]); for the hyper path,
 //! [`StreamQueue::take_batch`]. Nothing is copied per stream: every queue
 //! holds clones of the same reference-counted buffer. This module knows
 //! nothing of sockets or hyper.
