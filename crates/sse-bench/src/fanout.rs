@@ -23,7 +23,7 @@ use crate::fleet::{Fleet, FleetSpec};
 use crate::h2::H2Args;
 use crate::payload;
 use crate::proc::{PhaseCpu, PhaseMeter, ProcessProbe};
-use crate::publisher::Publisher;
+use crate::publisher::{Publisher, accepted};
 use crate::report::{Progress, Report};
 use crate::stats::LatencySummary;
 use crate::target::Target;
@@ -219,20 +219,13 @@ pub async fn run(args: FanoutArgs, dialer: Arc<Dialer>) -> anyhow::Result<Fanout
             let answer = publisher.publish(&dialer, &payload::encode(seq, payload::now_micros())).await;
             let rtt = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
             sent.fetch_add(1, Ordering::Relaxed);
-            match answer {
-                Ok(resp) if (200..300).contains(&resp.status) => {
-                    published[seq as usize] = true;
-                    rtts.push(rtt);
-                    if let Some(m) = matched(&resp.body) {
-                        matched_min = Some(matched_min.map_or(m, |x| x.min(m)));
-                        matched_max = Some(matched_max.map_or(m, |x| x.max(m)));
-                    }
+            if let Some(resp) = accepted(answer, &mut errors) {
+                published[seq as usize] = true;
+                rtts.push(rtt);
+                if let Some(m) = matched(&resp.body) {
+                    matched_min = Some(matched_min.map_or(m, |x| x.min(m)));
+                    matched_max = Some(matched_max.map_or(m, |x| x.max(m)));
                 }
-                Ok(resp) => {
-                    let body = String::from_utf8_lossy(&resp.body);
-                    *errors.entry(format!("publish: HTTP {}: {}", resp.status, body.trim())).or_default() += 1;
-                }
-                Err(e) => *errors.entry(format!("publish: {e:#}")).or_default() += 1,
             }
             if seq >= 9 && rtts.is_empty() {
                 break; // Ten failures in a row and no success: the endpoint is wrong.

@@ -4,8 +4,24 @@
 //!
 //! Owns the publishing connection; does not know what is measured.
 
+use std::collections::BTreeMap;
+
 use crate::client::{Dialer, Endpoint, HttpConn, Response};
 use crate::target::{BROADCAST_KEY, EVENT_NAME, Target};
+
+/// Counts a publish's answer: the response when the server accepted it
+/// (2xx); otherwise `None`, with the failure tallied in `errors` by its text.
+pub fn accepted(answer: anyhow::Result<Response>, errors: &mut BTreeMap<String, u64>) -> Option<Response> {
+    match answer {
+        Ok(resp) if (200..300).contains(&resp.status) => return Some(resp),
+        Ok(resp) => {
+            let body = String::from_utf8_lossy(&resp.body);
+            *errors.entry(format!("publish: HTTP {}: {}", resp.status, body.trim())).or_default() += 1;
+        }
+        Err(e) => *errors.entry(format!("publish: {e:#}")).or_default() += 1,
+    }
+    None
+}
 
 /// A publishing connection (opened once, reused for every event).
 pub enum Publisher {

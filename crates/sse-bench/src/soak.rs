@@ -37,7 +37,7 @@ use crate::client::{Dialer, Endpoint};
 use crate::fleet::{Counters, Fleet, FleetSpec, SharedLatencies};
 use crate::payload;
 use crate::proc::{PhaseCpu, PhaseMeter, ProcessProbe};
-use crate::publisher::Publisher;
+use crate::publisher::{Publisher, accepted};
 use crate::report::Report;
 use crate::stats::{Histogram, LatencySummary};
 use crate::target::Target;
@@ -380,16 +380,9 @@ pub async fn run(args: SoakArgs, dialer: Arc<Dialer>) -> anyhow::Result<SoakRepo
         let answer = publisher.publish(&dialer, &payload::encode(seq, payload::now_micros())).await;
         let rtt = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
         sent.fetch_add(1, Ordering::Relaxed);
-        match answer {
-            Ok(resp) if (200..300).contains(&resp.status) => {
-                published[seq as usize] = true;
-                rtts.push(rtt);
-            }
-            Ok(resp) => {
-                let body = String::from_utf8_lossy(&resp.body);
-                *errors.entry(format!("publish: HTTP {}: {}", resp.status, body.trim())).or_default() += 1;
-            }
-            Err(e) => *errors.entry(format!("publish: {e:#}")).or_default() += 1,
+        if accepted(answer, &mut errors).is_some() {
+            published[seq as usize] = true;
+            rtts.push(rtt);
         }
         if seq >= 9 && rtts.is_empty() {
             break; // Ten failures in a row and no success: the endpoint is wrong.

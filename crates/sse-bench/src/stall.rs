@@ -39,6 +39,7 @@ use crate::client::{Dialer, Endpoint, HttpConn};
 use crate::fleet::{Counters, Fleet, FleetResult, FleetSpec};
 use crate::payload;
 use crate::proc::{PhaseCpu, PhaseMeter, PortQueues, ProcessProbe, SockStat, port_queues, sockstat};
+use crate::publisher::accepted;
 use crate::report::{Progress, Report};
 use crate::stats::LatencySummary;
 use crate::target::Target;
@@ -303,11 +304,7 @@ pub async fn run(args: StallArgs, dialer: Arc<Dialer>) -> anyhow::Result<StallRe
             event_data_bytes = data.len();
             let answer = publisher.request_default(&dialer, "POST", &args.target.publish_body(&data)).await;
             sent.fetch_add(1, Ordering::Relaxed);
-            match answer {
-                Ok(resp) if (200..300).contains(&resp.status) => published[seq as usize] = true,
-                Ok(resp) => *errors.entry(format!("publish: HTTP {}", resp.status)).or_default() += 1,
-                Err(e) => *errors.entry(format!("publish: {e:#}")).or_default() += 1,
-            }
+            published[seq as usize] = accepted(answer, &mut errors).is_some();
         }
     }
     let publish_secs = started.elapsed().as_secs_f64();

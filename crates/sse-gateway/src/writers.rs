@@ -68,10 +68,15 @@ impl Writers {
         self.shards.len()
     }
 
-    /// An empty fan-out for up to `streams` streams (its lists are sized once).
+    /// An empty fan-out for up to `streams` streams (its lists are sized
+    /// once; with 0, as for a publish written inline, nothing is allocated
+    /// until a stream is added).
     pub(crate) fn fanout(&self, streams: usize) -> Fanout<'_> {
-        let each = streams.div_ceil(self.shards.len());
-        Fanout { writers: self, lists: (0..self.shards.len()).map(|_| Vec::with_capacity(each)).collect(), next: 0 }
+        let mut fanout = Fanout { writers: self, lists: Vec::new(), next: 0 };
+        if streams > 0 {
+            fanout.size(streams);
+        }
+        fanout
     }
 
     /// Shard `i`'s writer: runs until its task is aborted, counting its
@@ -106,8 +111,16 @@ pub(crate) struct Fanout<'a> {
 }
 
 impl Fanout<'_> {
+    fn size(&mut self, streams: usize) {
+        let each = streams.div_ceil(self.writers.shards.len());
+        self.lists = (0..self.writers.shards.len()).map(|_| Vec::with_capacity(each)).collect();
+    }
+
     /// Adds a stream that needs a write.
     pub(crate) fn add(&mut self, queue: &Arc<StreamQueue>) {
+        if self.lists.is_empty() {
+            self.size(1);
+        }
         self.lists[self.next].push(Arc::clone(queue));
         self.next = (self.next + 1) % self.lists.len();
     }
