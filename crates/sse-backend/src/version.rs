@@ -10,8 +10,13 @@
 //! [`VersionService::push_to`] (one open stream, or `NotConnected`) and
 //! [`VersionService::push_all`] / [`VersionService::notify_all`] (everyone)
 //! are for servers whose route validates its target.
+//!
+//! The last notice sent to each `request_id` is remembered so that a resumed
+//! stream is not told it twice; a `request_id` that left is forgotten after
+//! [`VersionConfig::resume_window`], so the memory follows the open streams,
+//! not every id ever seen.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -22,6 +27,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::broadcaster::Event;
 use crate::connections::ConnectionManager;
@@ -33,11 +39,81 @@ pub struct VersionConfig {
     pub version_url: Option<String>,
     /// Fetch timeout (2 s).
     pub fetch_timeout: Duration,
+    /// How long the last notice sent to a `request_id` is remembered after
+    /// its stream ended, for a resume within that time (300 s: the gateway's
+    /// history window in the hub). A client that resumes later may be told
+    /// the same version again.
+    pub resume_window: Duration,
 }
 
 impl Default for VersionConfig {
     fn default() -> Self {
-        Self { version_url: None, fetch_timeout: Duration::from_secs(2) }
+        Self { version_url: None, fetch_timeout: Duration::from_secs(2), resume_window: Duration::from_secs(300) }
+    }
+}
+
+/// The last notice sent to each `request_id`, and when the ids whose streams
+/// ended left (oldest first), to forget them after the resume window.
+#[derive(Default)]
+struct Notified {
+    by_request: HashMap<String, Sent>,
+    left: VecDeque<(String, Instant)>,
+}
+
+struct Sent {
+    payload: Value,
+    /// When its stream ended; `None` while one is open.
+    left_at: Option<Instant>,
+}
+
+impl Notified {
+    #[cfg(test)]
+    fn get(&self, request_id: &str) -> Option<&Value> {
+        self.by_request.get(request_id).map(|s| &s.payload)
+    }
+
+    /// A stream of `request_id` opened again: true (and it is remembered as
+    /// open) if `payload` is the last notice it was sent.
+    fn back(&mut self, request_id: &str, payload: &Value) -> bool {
+        match self.by_request.get_mut(request_id) {
+            Some(sent) if sent.payload == *payload => {
+                sent.left_at = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn sent(&mut self, request_id: &str, payload: Value, now: Instant, window: Duration) {
+        self.by_request.insert(request_id.to_owned(), Sent { payload, left_at: None });
+        self.forget_left(now, window);
+    }
+
+    fn stream_ended(&mut self, request_id: &str, now: Instant, window: Duration) {
+        if let Some(sent) = self.by_request.get_mut(request_id) {
+            sent.left_at = Some(now);
+            self.left.push_back((request_id.to_owned(), now));
+        }
+        self.forget_left(now, window);
+    }
+
+    /// Drops the ids that left more than `window` ago and did not come back
+    /// (an id that left again later has a newer entry further on).
+    fn forget_left(&mut self, now: Instant, window: Duration) {
+        while let Some((rid, at)) = self.left.front() {
+            if now.duration_since(*at) < window {
+                break;
+            }
+            if self.by_request.get(rid).is_some_and(|s| s.left_at == Some(*at)) {
+                self.by_request.remove(rid);
+            }
+            self.left.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_request.clear();
+        self.left.clear();
     }
 }
 
@@ -48,7 +124,7 @@ struct Inner {
     pending: Mutex<HashMap<String, Value>>,
     /// The last notice each request_id's stream was sent, so a resumed
     /// stream (which the gateway's history catches up) is not sent it twice.
-    notified: Mutex<HashMap<String, Value>>,
+    notified: Mutex<Notified>,
     shutting_down: AtomicBool,
 }
 
@@ -70,15 +146,23 @@ impl VersionService {
             notified: Mutex::default(),
             shutting_down: AtomicBool::new(false),
         });
-        // Weak: the manager owns the observer, the service owns the manager.
+        // Weak: the manager owns the observers, the service owns the manager.
         let weak: Weak<Inner> = Arc::downgrade(&inner);
+        let on_connect = weak.clone();
         manager.register_on_connect(move |rid| {
-            let weak = weak.clone();
+            let weak = on_connect.clone();
             async move {
                 if let Some(inner) = weak.upgrade() {
                     VersionService { inner }.on_connect(&rid).await;
                 }
             }
+        });
+        manager.register_on_disconnect(move |rid| {
+            if let Some(inner) = weak.upgrade() {
+                let window = inner.config.resume_window;
+                VersionService { inner }.notified().stream_ended(&rid, Instant::now(), window);
+            }
+            std::future::ready(())
         });
         Self { inner }
     }
@@ -87,7 +171,7 @@ impl VersionService {
         self.inner.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn notified(&self) -> std::sync::MutexGuard<'_, HashMap<String, Value>> {
+    fn notified(&self) -> std::sync::MutexGuard<'_, Notified> {
         self.inner.notified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -98,13 +182,13 @@ impl VersionService {
             None => self.fetch().await,
         };
         let resumed = self.inner.manager.connection_info(request_id).is_some_and(|c| c.resumed);
-        if resumed && self.notified().get(request_id) == Some(&payload) {
+        if resumed && self.notified().back(request_id, &payload) {
             // The client has this notice; what it missed since comes from the
             // gateway's history (or it gets a gap and refetches).
             return;
         }
         if self.inner.manager.send_to(request_id, &Event::json("version", &payload), "version").await {
-            self.notified().insert(request_id.to_owned(), payload);
+            self.notified().sent(request_id, payload, Instant::now(), self.inner.config.resume_window);
         }
     }
 
@@ -147,7 +231,7 @@ impl VersionService {
         self.pending().insert(request_id.to_owned(), payload.clone());
         match self.inner.manager.send_to(request_id, &Event::json("version", &payload), "version").await {
             true => {
-                self.notified().insert(request_id.to_owned(), payload);
+                self.notified().sent(request_id, payload, Instant::now(), self.inner.config.resume_window);
                 Delivery::Delivered
             }
             false => Delivery::NotDelivered,
@@ -308,6 +392,35 @@ mod tests {
         svc.prepare_shutdown();
         assert_eq!(svc.push_all("v4", None).await, Delivery::ShuttingDown);
         assert_eq!(svc.push_to("r1", "v4", None).await, Delivery::ShuttingDown);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_notice_is_kept_through_the_resume_window_then_forgotten() {
+        let (rec, cm) = Recorder::manager();
+        let config = VersionConfig { resume_window: Duration::from_secs(60), ..VersionConfig::default() };
+        let svc = VersionService::new(config, cm.clone());
+        cm.on_connect("r1", "t1", "/", None, None).await;
+        cm.on_connect("r2", "t2", "/", None, None).await;
+        assert!(svc.notified().get("r1").is_some() && svc.notified().get("r2").is_some());
+        cm.on_disconnect("t1").await;
+        tokio::time::advance(Duration::from_secs(59)).await;
+        cm.on_disconnect("t2").await;
+        assert!(svc.notified().get("r1").is_some(), "r1 left 59 s ago: it may still resume");
+        // r1 comes back within the window: not told again, and remembered while open.
+        rec.clear();
+        cm.on_connect_resuming("r1", "t1b", "/", None, None, true).await;
+        assert!(rec.calls().is_empty(), "a resumed stream is not told the same version twice");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        cm.on_connect("r3", "t3", "/", None, None).await;
+        assert!(svc.notified().get("r1").is_some(), "r1 is open again: its first departure no longer counts");
+        assert!(svc.notified().get("r2").is_some(), "r2 left 2 s ago");
+        cm.on_disconnect("t1b").await;
+        tokio::time::advance(Duration::from_secs(60)).await;
+        cm.on_connect("r4", "t4", "/", None, None).await;
+        let notified = svc.notified();
+        assert!(notified.get("r1").is_none() && notified.get("r2").is_none(), "both left over 60 s ago");
+        assert_eq!(notified.by_request.len(), 2, "only the open streams r3 and r4 are remembered");
+        assert!(notified.left.is_empty());
     }
 
     #[test]

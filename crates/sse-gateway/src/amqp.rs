@@ -396,7 +396,10 @@ impl Amqp {
         if !first && !self.has_history() {
             // Streams may have missed events while the broker was away: say so.
             // (With history they get every event late, or a gap.)
-            router.push_all(&Bytes::from_static(sse_wire::encode::READY));
+            let pushed = router.push_all(&Bytes::from_static(sse_wire::encode::READY));
+            if pushed.overflowed > 0 {
+                metrics.emit(Event::SlowConsumersClosed { count: pushed.overflowed, first: pushed.first_overflowed });
+            }
         }
     }
 

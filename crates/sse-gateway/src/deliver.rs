@@ -68,8 +68,8 @@ pub(crate) fn send(
         SendOutcome::Buffered => Ok(SendStatus::Buffered),
         SendOutcome::NotFound => Err(DeliveryError::NotFound),
         SendOutcome::BufferFull => Err(DeliveryError::BufferFull),
-        SendOutcome::Overflow => {
-            metrics.emit(Event::SlowConsumersClosed { count: 1 });
+        SendOutcome::Overflow(peer) => {
+            metrics.emit(Event::SlowConsumersClosed { count: 1, first: Some((token, peer)) });
             Err(DeliveryError::WriteFailed)
         }
         SendOutcome::WriteFailed => Err(DeliveryError::WriteFailed),
@@ -96,7 +96,7 @@ pub(crate) fn report(metrics: &Metrics, ingress: Ingress, key: &str, result: &Pu
         metrics.emit(Event::Published { ingress, streams: result.matched - result.overflowed });
     }
     if result.overflowed > 0 {
-        metrics.emit(Event::SlowConsumersClosed { count: result.overflowed });
+        metrics.emit(Event::SlowConsumersClosed { count: result.overflowed, first: result.first_overflowed });
     }
     if result.held + result.hold_dropped > 0 {
         metrics.emit(Event::Held { key, held: result.held, dropped: result.hold_dropped });

@@ -204,9 +204,11 @@ pub(crate) enum Event<'a> {
         peer: Option<std::net::SocketAddr>,
         waited: Duration,
     },
-    /// Streams closed because their clients did not read fast enough.
+    /// Streams closed because their clients did not read fast enough; the
+    /// first of them (token and peer) is named in the log.
     SlowConsumersClosed {
         count: usize,
+        first: Option<(Uuid, Option<std::net::SocketAddr>)>,
     },
     /// Events kept for a request_id expected back, or a hold dropped (its events lost).
     Held {
@@ -372,10 +374,18 @@ impl Metrics {
                 let peer = peer.map(|p| p.to_string()).unwrap_or_default();
                 warn!(%token, peer, ?waited, "closed a stalled stream: its client took no byte while data waited");
             }
-            Event::SlowConsumersClosed { count } => {
+            Event::SlowConsumersClosed { count, first } => {
                 self.overflows.get_or_create(&[("reason", "slow_consumer")]).inc_by(count as u64);
                 // Warn: a dropped stream loses events; it must never go unnoticed.
-                warn!(count, "closed streams whose clients did not keep up (STREAM_QUEUE_BYTES overflowed)");
+                let (token, peer) = first.map_or((String::new(), String::new()), |(t, p)| {
+                    (t.to_string(), p.map(|p| p.to_string()).unwrap_or_default())
+                });
+                warn!(
+                    count,
+                    token = %token,
+                    peer = %peer,
+                    "closed streams whose clients did not keep up (STREAM_QUEUE_BYTES overflowed); token and peer of the first"
+                );
             }
             Event::Held { key, held, dropped } => {
                 self.held.inc_by(held as u64);

@@ -37,26 +37,8 @@ fn lookup(matches: &ArgMatches) -> impl Fn(&str) -> Option<String> + '_ {
     }
 }
 
-/// One glibc malloc arena for the whole process unless the operator set
-/// `MALLOC_ARENA_MAX`. glibc gives each thread that allocates concurrently an
-/// arena of its own (up to 8 per core); a stream's long-lived objects and
-/// the short-lived ones of its connect then end up spread over several, and
-/// the holes the short-lived ones leave stay resident. Measured: 2,689 →
-/// 2,491 bytes of RSS per idle stream at 19,000 streams, same opens/s
-/// (`docs/PERFORMANCE.md`). Small allocations mostly go through glibc's
-/// per-thread caches, which take no arena lock. Runs before any thread exists.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; no other thread runs yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        }
-    }
-}
-
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    sse_gateway::limit_malloc_arenas();
     let matches = command().get_matches();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

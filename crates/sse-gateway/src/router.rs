@@ -166,6 +166,14 @@ struct State {
 }
 
 impl State {
+    /// The client address of an open stream.
+    fn peer(&self, token: &Uuid) -> Option<SocketAddr> {
+        match self.slots.get(token) {
+            Some(Slot::Open(o)) => o.peer,
+            _ => None,
+        }
+    }
+
     fn unbind(&mut self, token: Uuid, keys: &[Box<str>]) {
         for key in keys {
             if let Some(streams) = self.keys.get_mut(key)
@@ -196,8 +204,9 @@ pub(crate) enum SendOutcome {
     NotFound,
     /// The pending buffer is full; the event was not accepted.
     BufferFull,
-    /// The stream's queue overflowed on this send; it is now closed with `error`.
-    Overflow,
+    /// The stream's queue overflowed on this send; it is now closed with
+    /// `error`. Its client's address, for the log.
+    Overflow(Option<SocketAddr>),
     /// The stream had already failed (closed with `error`).
     WriteFailed,
 }
@@ -213,6 +222,8 @@ pub(crate) struct Published {
     pub(crate) held: usize,
     /// 1 when a hold overflowed and was dropped (its events are lost), else 0.
     pub(crate) hold_dropped: usize,
+    /// The first stream closed for overflow, for the log: token and peer.
+    pub(crate) first_overflowed: Option<(Uuid, Option<SocketAddr>)>,
 }
 
 /// Publishes to at most this many streams write through to idle sockets
@@ -223,7 +234,8 @@ const WRITE_THROUGH_MAX: usize = 64;
 /// hands the streams that need a write to the writer shards.
 /// Streams already closing are skipped and not counted.
 fn deliver_each<'a>(
-    queues: impl ExactSizeIterator<Item = &'a Arc<StreamQueue>>,
+    st: &State,
+    queues: impl ExactSizeIterator<Item = (&'a Uuid, &'a Arc<StreamQueue>)>,
     frame: Option<&Bytes>,
     close: bool,
     how: Write,
@@ -231,7 +243,7 @@ fn deliver_each<'a>(
     result: &mut Published,
 ) {
     let mut fanout = writers.fanout(if how == Write::Shard { queues.len() } else { 0 });
-    for queue in queues {
+    for (token, queue) in queues {
         if let Some(f) = frame {
             match queue.push_event(f.clone(), how) {
                 Ok(Queued::Done) => {}
@@ -239,6 +251,9 @@ fn deliver_each<'a>(
                 Err(PushError::Overflow) => {
                     result.matched += 1;
                     result.overflowed += 1;
+                    if result.first_overflowed.is_none() {
+                        result.first_overflowed = Some((*token, st.peer(token)));
+                    }
                     continue;
                 }
                 Err(PushError::Closed(_)) => continue,
@@ -257,7 +272,7 @@ fn deliver_each<'a>(
 fn deliver_key(st: &State, writers: &Writers, key: &str, frame: Option<&Bytes>, close: bool, result: &mut Published) {
     if let Some(streams) = st.keys.get(key) {
         let how = if streams.len() <= WRITE_THROUGH_MAX { Write::Through } else { Write::Shard };
-        deliver_each(streams.iter().map(|(_, q)| q), frame, close, how, writers, result);
+        deliver_each(st, streams.iter(), frame, close, how, writers, result);
     }
 }
 
@@ -438,7 +453,7 @@ impl Router {
 
     fn send_inner(&self, token: Uuid, frame: Option<Bytes>, close: bool, event: bool) -> SendOutcome {
         let mut st = self.write();
-        let (queue, request_id) = match st.slots.get_mut(&token) {
+        let (queue, request_id, peer) = match st.slots.get_mut(&token) {
             None => return SendOutcome::NotFound,
             Some(Slot::Pending(p)) => {
                 if p.close {
@@ -454,7 +469,7 @@ impl Router {
                 p.close = close;
                 return SendOutcome::Buffered;
             }
-            Some(Slot::Open(open)) => (Arc::clone(&open.queue), open.request_id.clone()),
+            Some(Slot::Open(open)) => (Arc::clone(&open.queue), open.request_id.clone(), open.peer),
         };
         drop(st);
         match queue.closing() {
@@ -478,7 +493,7 @@ impl Router {
         if let Some(f) = frame {
             match queue.push_with(f, Write::Through, event) {
                 Ok(_) => {}
-                Err(PushError::Overflow) => return SendOutcome::Overflow,
+                Err(PushError::Overflow) => return SendOutcome::Overflow(peer),
                 Err(PushError::Closed(DisconnectReason::Error)) => return SendOutcome::WriteFailed,
                 Err(PushError::Closed(_)) => return SendOutcome::NotFound,
             }
@@ -534,7 +549,8 @@ impl Router {
             Some(t) => {
                 if let Some(Slot::Open(o)) = st.slots.get(&t) {
                     deliver_each(
-                        std::iter::once(&o.queue),
+                        &st,
+                        std::iter::once((&t, &o.queue)),
                         Some(&f),
                         close,
                         Write::Through,
@@ -789,21 +805,25 @@ impl Router {
     }
 
     /// Pushes `frame` (not an application event) to every open stream
-    /// through the writer shards; returns how many overflowed.
-    pub(crate) fn push_all(&self, frame: &Bytes) -> usize {
+    /// through the writer shards; the result counts (and names the first
+    /// of) the streams that overflowed.
+    pub(crate) fn push_all(&self, frame: &Bytes) -> Published {
         let st = self.read();
         let mut fanout = self.writers.fanout(st.slots.len());
-        let mut overflowed = 0;
-        for slot in st.slots.values() {
+        let mut result = Published::default();
+        for (token, slot) in &st.slots {
             let Slot::Open(o) = slot else { continue };
             match o.queue.push_with(frame.clone(), Write::Shard, false) {
                 Ok(Queued::ForWriter) => fanout.add(&o.queue),
                 Ok(Queued::Done) | Err(PushError::Closed(_)) => {}
-                Err(PushError::Overflow) => overflowed += 1,
+                Err(PushError::Overflow) => {
+                    result.overflowed += 1;
+                    result.first_overflowed.get_or_insert((*token, o.peer));
+                }
             }
         }
         fanout.send();
-        overflowed
+        result
     }
 
     /// Open streams whose bytes have waited `limit` without progress: token,

@@ -214,9 +214,11 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
     let heartbeat = Bytes::from_static(sse_wire::encode::HEARTBEAT);
     loop {
         tick.tick().await;
-        let overflowed = shared.router.push_all(&heartbeat);
-        if overflowed > 0 {
-            shared.metrics.emit(Event::SlowConsumersClosed { count: overflowed });
+        let pushed = shared.router.push_all(&heartbeat);
+        if pushed.overflowed > 0 {
+            shared
+                .metrics
+                .emit(Event::SlowConsumersClosed { count: pushed.overflowed, first: pushed.first_overflowed });
         }
     }
 }

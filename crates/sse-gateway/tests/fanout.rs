@@ -205,8 +205,14 @@ async fn client_that_never_reads_is_closed_and_counted_while_others_keep_receivi
             break d;
         }
     };
+    let token_field = format!("token={slow_token}");
     assert_eq!((disconnect.token(), disconnect.body["reason"].clone()), (slow_token, json!("error")));
     assert_eq!(metric(&gw, "sse_gateway_queue_overflows_total{reason=\"slow_consumer\"}").await, 1.0);
+    let line = gw.wait_for_log("closed streams whose clients did not keep up").await;
+    assert!(
+        line.contains("WARN") && line.contains(&token_field) && line.contains("peer=127.0.0.1:"),
+        "a warning naming the dropped stream's token and peer: {line}"
+    );
     for i in 0..3 {
         let (_, body) = publish(&gw, json!({"key": "broadcast", "event": event("after", &i.to_string())})).await;
         assert_eq!(body, json!({"matched": 1}), "only the reader is left");

@@ -325,6 +325,8 @@ impl HubConfig {
     /// when the version comes from a file served at `/version.json`).
     pub fn version(&self, self_url: &str) -> VersionConfig {
         let mut version = self.version.clone();
+        // A page resumes within the in-process gateway's history window.
+        version.resume_window = std::time::Duration::from_secs(self.history_seconds);
         if version.version_url.is_none() && self.frontend_version_file.is_some() {
             version.version_url = Some(format!("{self_url}/version.json"));
         }

@@ -72,8 +72,19 @@ fn lookup<'a>(matches: &'a ArgMatches, table: &'static [Setting]) -> impl Fn(&st
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime's threads exist (see the function's doc).
+    sse_gateway::limit_malloc_arenas();
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("sse-hub: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let matches = command().get_matches();
     tracing_subscriber::fmt()
         .with_env_filter(
