@@ -16,7 +16,8 @@
 //! thousands of `EventSource` clients, clients that stop reading; `resume`
 //! the replay of missed events; `soak` memory and delivery over minutes;
 //! `floor` the ideal server and the loopback write cost that bound the
-//! fan-out latency), `h2` (HTTP/2 over TLS streams and the `cert` command),
+//! fan-out latency; `inproc` the gateway library without the HTTP callback,
+//! for the churn's split), `h2` (HTTP/2 over TLS streams and the `cert` command),
 //! and `compare` (the results table).
 
 mod admin;
@@ -29,6 +30,7 @@ mod fleet;
 mod floor;
 mod h2;
 mod hold;
+mod inproc;
 mod payload;
 mod proc;
 mod publisher;
@@ -95,6 +97,9 @@ enum Command {
     FloorServer(floor::FloorArgs),
     /// N loopback TCP pairs in one process: ns per socket write of one buffer to every stream.
     LoopbackWrite(floor::LoopbackArgs),
+    /// The gateway library with an in-process hook that accepts every stream (no HTTP callback):
+    /// what a connect costs without the callback round trips.
+    InprocGateway(inproc::InprocArgs),
     /// Write a self-signed certificate (cert.pem, key.pem) for a gateway under test with TLS.
     Cert(h2::CertArgs),
 }
@@ -134,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LoopbackWrite(args) => {
             emit(&tokio::task::spawn_blocking(move || floor::loopback_write(args)).await??, cli.json)
         }
+        Command::InprocGateway(args) => inproc::serve(args).await,
         Command::Storm(args) => emit(&storm::run(args, dialer).await?, cli.json),
         Command::Stall(args) => emit(&stall::run(args, dialer).await?, cli.json),
         Command::Soak(args) => emit(&soak::run(args, dialer).await?, cli.json),
