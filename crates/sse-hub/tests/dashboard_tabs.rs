@@ -54,6 +54,17 @@ async fn streams(hub: &Hub) -> Streams {
     }
 }
 
+/// For a failed stream assertion: how the hub's streams ended (by reason)
+/// and the end of its log.
+async fn why(hub: &Hub) -> String {
+    let m = hub.get("/internal/metrics").await;
+    let text = String::from_utf8_lossy(&m.body).into_owned();
+    let ended: Vec<&str> = text.lines().filter(|l| l.starts_with("sse_gateway_disconnects_total")).collect();
+    let log = hub.process.stderr();
+    let tail = &log[log.len().saturating_sub(20)..];
+    format!("streams ended: {ended:?}; hub log (last lines): {tail:#?}")
+}
+
 /// What the run printed and the hub's streams when the tabs were live, when
 /// the bulk change was shown and when the first tab had been closed.
 struct Run {
@@ -133,9 +144,10 @@ async fn eight_tabs_of_one_browser_share_one_stream_and_all_show_later_changes()
     let hub = Hub::start(&[], &[]).await;
     let run = run_tabs(&hub, 8).await;
     let one = Streams { open: 1.0, opened: 1.0 };
-    assert_eq!(run.tabs_live, one, "one stream for the eight tabs, opened once");
-    assert_eq!(run.bulk_shown, one, "still the one stream after the bulk change");
-    assert_eq!(run.after_close, one, "and after the tab that opened it closed");
+    let why = why(&hub).await;
+    assert_eq!(run.tabs_live, one, "one stream for the eight tabs, opened once; {why}");
+    assert_eq!(run.bulk_shown, one, "still the one stream after the bulk change; {why}");
+    assert_eq!(run.after_close, one, "and after the tab that opened it closed; {why}");
     let ids: Vec<&String> = run.lines.iter().filter(|l| l.starts_with("request ids: ")).collect();
     assert_eq!(ids.len(), 1);
     assert!(!ids[0].contains(','), "every tab shows the one stream's request_id: {}", ids[0]);
@@ -152,6 +164,7 @@ async fn five_thousand_lease_events_render_within_seconds_and_keep_the_page_resp
     let added = hub.metric("sse_hub_lease_events_total{event=\"lease_added\"}").await;
     assert_eq!(added, (BULK + 2) as f64, "one event per lease: the page got them one by one");
     let one = Streams { open: 1.0, opened: 1.0 };
-    assert_eq!(run.bulk_shown, one, "the one stream was neither dropped nor reopened");
-    assert_eq!(run.after_close, one);
+    let why = why(&hub).await;
+    assert_eq!(run.bulk_shown, one, "the one stream was neither dropped nor reopened; {why}");
+    assert_eq!(run.after_close, one, "{why}");
 }
