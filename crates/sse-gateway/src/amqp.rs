@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,7 +41,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use tokio_util::sync::CancellationToken;
@@ -97,6 +97,45 @@ pub(crate) struct Amqp {
     connected: AtomicBool,
     /// Cluster-wide closes waiting for replies, by correlation id.
     replies: std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<usize>>>,
+    /// The order of in-process publishes.
+    turns: Arc<Turns>,
+}
+
+/// In-process publishes (RabbitMQ mode with history) are made from
+/// synchronous calls and sent by one task each: each takes a [`Turn`] when
+/// made, waits until every earlier one is on the channel, and passes its turn
+/// on as soon as its own message is (before the broker's confirm). So they
+/// reach the broker, the history and every stream in the order they were
+/// made, and their confirms are still awaited concurrently.
+#[derive(Debug)]
+struct Turns {
+    /// The next turn to hand out.
+    next: AtomicU64,
+    /// Every turn below this one has sent its message (or given up).
+    sent: watch::Sender<u64>,
+}
+
+/// One in-process publish's place in the order; dropping it lets the next go.
+#[derive(Debug)]
+pub(crate) struct Turn {
+    n: u64,
+    turns: Arc<Turns>,
+}
+
+impl Turn {
+    /// Resolves when every earlier turn has sent its message.
+    pub(crate) async fn wait(&self) {
+        let mut sent = self.turns.sent.subscribe();
+        // Err only if the sender is gone, which `self.turns` prevents.
+        let _ = sent.wait_for(|s| *s >= self.n).await;
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let n = self.n + 1;
+        self.turns.sent.send_modify(|s| *s = (*s).max(n));
+    }
 }
 
 impl Amqp {
@@ -108,6 +147,7 @@ impl Amqp {
             binder: tokio::sync::Mutex::default(),
             connected: AtomicBool::new(false),
             replies: std::sync::Mutex::default(),
+            turns: Arc::new(Turns { next: AtomicU64::new(0), sent: watch::channel(0).0 }),
         })
     }
 
@@ -170,16 +210,24 @@ impl Amqp {
     /// through the history stream, for the streams bound to it on every
     /// instance, or for one `token` (a send). Returns the local streams it
     /// reached once this instance read it back.
-    pub(crate) async fn publish_frame(
+    /// `on_channel` is dropped once the message is on the channel (or the
+    /// publish failed before): see [`Turn`].
+    pub(crate) async fn publish_frame<G: Send>(
         &self,
         key: &str,
         frame: &[u8],
         token: Option<uuid::Uuid>,
         close: bool,
+        on_channel: G,
     ) -> Result<usize, AmqpError> {
         let ch = self.binder.lock().await.publish.clone().ok_or(AmqpError::Disconnected)?;
         let meta = amqp_stream::FrameMeta { token, close };
-        self.publisher.publish(&ch, &self.config.exchange, key, frame, meta).await
+        self.publisher.publish(&ch, &self.config.exchange, key, frame, meta, on_channel).await
+    }
+
+    /// A place in the order of in-process publishes (see [`Turn`]).
+    pub(crate) fn take_turn(&self) -> Turn {
+        Turn { n: self.turns.next.fetch_add(1, Ordering::Relaxed), turns: Arc::clone(&self.turns) }
     }
 
     /// True while the broker connection is up and consuming.

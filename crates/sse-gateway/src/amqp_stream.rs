@@ -184,13 +184,17 @@ impl Publisher {
     /// Publishes `frame` (empty: close only) to `key` and waits for the
     /// broker's confirm, then (bounded) for this instance to deliver it.
     /// Returns the local streams it reached (0 if the read-back is late).
-    pub(crate) async fn publish(
+    /// `on_channel` is dropped as soon as the message is on the channel
+    /// (before the confirm), so publishes ordered by it keep their order on
+    /// the wire and still await their confirms concurrently.
+    pub(crate) async fn publish<G: Send>(
         &self,
         ch: &Channel,
         exchange: &str,
         key: &str,
         frame: &[u8],
         meta: FrameMeta,
+        on_channel: G,
     ) -> Result<usize, AmqpError> {
         let id = Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
@@ -206,10 +210,12 @@ impl Publisher {
             .with_type(FRAME.into())
             .with_message_id(id.as_str().into())
             .with_headers(headers);
-        let confirmed = async {
-            ch.basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), frame, props).await?.await
-        }
-        .await;
+        let sent = ch.basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), frame, props).await;
+        drop(on_channel);
+        let confirmed = match sent {
+            Ok(confirm) => confirm.await,
+            Err(e) => Err(e),
+        };
         match confirmed {
             Ok(Confirmation::Nack(_)) => {
                 self.waiting().remove(&id);

@@ -54,7 +54,7 @@ pub(crate) async fn send(shared: &Shared, body: &[u8]) -> Result<Value, ApiError
         && let Some(token) = deliver::parse_token(&cmd.token)
         && let Some(key) = shared.router.send_key(token)
     {
-        let matched = amqp.publish_frame(&key, frame, Some(token), cmd.close).await.map_err(broker_error)?;
+        let matched = amqp.publish_frame(&key, frame, Some(token), cmd.close, ()).await.map_err(broker_error)?;
         if matched == 0 {
             return Err(delivery_error(DeliveryError::NotFound));
         }
@@ -83,7 +83,7 @@ pub(crate) async fn publish(shared: &Shared, body: &[u8]) -> Result<Value, ApiEr
             let mut results = Vec::with_capacity(messages.len());
             for m in &messages {
                 let frame = m.frame.as_deref().unwrap_or_default();
-                results.push(amqp.publish_frame(&m.key, frame, None, m.close).await.map_err(broker_error)?);
+                results.push(amqp.publish_frame(&m.key, frame, None, m.close, ()).await.map_err(broker_error)?);
             }
             results
         }

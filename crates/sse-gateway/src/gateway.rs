@@ -141,7 +141,8 @@ impl GatewayHandle {
         Ok(deliver::publish(&shared.router, &shared.metrics, Ingress::InProcess, key, frame.as_ref(), close))
     }
 
-    /// Hands an event to the broker in a task (RabbitMQ mode with history).
+    /// Hands an event to the broker in a task (RabbitMQ mode with history),
+    /// in the order of the calls (see `amqp::Turn`).
     fn through_broker(
         &self,
         amqp: &Arc<crate::amqp::Amqp>,
@@ -153,9 +154,11 @@ impl GatewayHandle {
         if !amqp.is_connected() {
             return Err(DeliveryError::BrokerUnavailable);
         }
+        let turn = amqp.take_turn();
         let (amqp, shared) = (Arc::clone(amqp), Arc::clone(&self.shared));
         self.shared.tracker.spawn(async move {
-            if let Err(e) = amqp.publish_frame(&key, &frame, token, close).await {
+            turn.wait().await;
+            if let Err(e) = amqp.publish_frame(&key, &frame, token, close, turn).await {
                 tracing::warn!(key, error = %e, "an in-process event could not be published to RabbitMQ; it is lost");
                 shared
                     .metrics

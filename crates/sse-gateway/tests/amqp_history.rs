@@ -348,3 +348,75 @@ async fn a_forged_frame_message_is_rejected_and_the_stream_stays_intact() {
     let raw = String::from_utf8_lossy(client.raw()).into_owned();
     assert_eq!(raw.matches("event: ready").count(), 1, "no spoofed ready: {raw}");
 }
+
+/// Binds every stream to the key `k`.
+struct BindK;
+
+impl sse_gateway::ConnectHook for BindK {
+    fn connect<'a>(
+        &'a self,
+        _: uuid::Uuid,
+        _: &'a sse_gateway::ClientRequest,
+    ) -> sse_gateway::HookFuture<'a, Result<sse_gateway::Accepted, sse_gateway::Refusal>> {
+        Box::pin(async {
+            Ok(sse_gateway::Accepted { bindings: vec!["k".to_owned()], request_id: None, expires_at: None })
+        })
+    }
+
+    fn disconnect<'a>(
+        &'a self,
+        _: uuid::Uuid,
+        _: sse_gateway::DisconnectReason,
+        _: &'a sse_gateway::ClientRequest,
+    ) -> sse_gateway::HookFuture<'a, Result<(), sse_gateway::Refusal>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// In-process publishes go to the broker from one task each; on a runtime
+/// with several workers they must still reach the stream in call order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_publishes_reach_the_stream_in_the_order_they_were_made() {
+    const N: usize = 500;
+    let p = Prefix::new();
+    let url = amqp_url();
+    let prefix = p.0.clone();
+    let lookup = move |k: &str| match k {
+        "RABBITMQ_URL" => Some(url.clone()),
+        "RABBITMQ_ENV_PREFIX" => Some(prefix.clone()),
+        "RABBITMQ_ENV_AUTO_DELETE" => Some("true".to_owned()),
+        "RABBITMQ_INSTANCE_ID" => Some("order".to_owned()),
+        "HISTORY_SECONDS" => Some("60".to_owned()),
+        _ => None,
+    };
+    let (config, _) = sse_gateway::Config::from_lookup(lookup).expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hook: std::sync::Arc<dyn sse_gateway::ConnectHook> = std::sync::Arc::new(BindK);
+    let gateway = sse_gateway::Gateway::builder(config).hook(hook).build();
+    let handle = gateway.handle();
+    let stop = gateway.shutdown_token();
+    let served = tokio::spawn(gateway.serve(listener, None));
+    // Publishing is refused until the broker connection is live.
+    sse_testkit::within("the gateway to reach RabbitMQ", async {
+        while handle.publish("nobody", None, false).is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut c = sse_testkit::SseClient::open(addr, "/s", &[]).await;
+    assert_eq!(c.next_event().await.event_type, "ready");
+    for i in 0..N {
+        let data = i.to_string();
+        let event = sse_gateway::OutEvent { name: Some("n"), data: &data };
+        handle.publish("k", Some(event), false).expect("publish while connected");
+    }
+    let mut got = Vec::with_capacity(N);
+    while got.len() < N {
+        got.push(c.next_event().await.data);
+    }
+    let want: Vec<String> = (0..N).map(|i| format!(r#"{{"type":"n","payload":{i}}}"#)).collect();
+    assert_eq!(got, want, "every event once, in the order it was published");
+    stop.cancel();
+    sse_testkit::within("the gateway to stop", served).await.expect("served");
+}
