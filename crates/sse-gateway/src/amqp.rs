@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,7 +41,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use tokio_util::sync::CancellationToken;
@@ -98,43 +98,49 @@ pub(crate) struct Amqp {
     /// Cluster-wide closes waiting for replies, by correlation id.
     replies: std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<usize>>>,
     /// The order of in-process publishes.
-    turns: Arc<Turns>,
+    turns: Turns,
 }
 
 /// In-process publishes (RabbitMQ mode with history) are made from
 /// synchronous calls and sent by one task each: each takes a [`Turn`] when
-/// made, waits until every earlier one is on the channel, and passes its turn
-/// on as soon as its own message is (before the broker's confirm). So they
-/// reach the broker, the history and every stream in the order they were
-/// made, and their confirms are still awaited concurrently.
-#[derive(Debug)]
+/// made, waits until the previous one's message is on the channel, and passes
+/// its turn on as soon as its own message is (before the broker's confirm).
+/// So they reach the broker, the history and every stream in the order they
+/// were made, their confirms are still awaited concurrently, and passing a
+/// turn on wakes exactly one task (a chain of one-shot signals).
+#[derive(Debug, Default)]
 struct Turns {
-    /// The next turn to hand out.
-    next: AtomicU64,
-    /// Every turn below this one has sent its message (or given up).
-    sent: watch::Sender<u64>,
+    /// The signal of the latest turn handed out: fires (or is dropped) when
+    /// that turn's message is on the channel.
+    last: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl Turns {
+    fn take(&self) -> Turn {
+        let (release, signal) = oneshot::channel();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        Turn { previous: last.replace(signal), _release: release }
+    }
 }
 
 /// One in-process publish's place in the order; dropping it lets the next go.
 #[derive(Debug)]
 pub(crate) struct Turn {
-    n: u64,
-    turns: Arc<Turns>,
+    /// The previous turn's signal (`None`: the first, or already waited).
+    previous: Option<oneshot::Receiver<()>>,
+    /// Dropped with the turn, which releases the next one.
+    _release: oneshot::Sender<()>,
 }
 
 impl Turn {
-    /// Resolves when every earlier turn has sent its message.
-    pub(crate) async fn wait(&self) {
-        let mut sent = self.turns.sent.subscribe();
-        // Err only if the sender is gone, which `self.turns` prevents.
-        let _ = sent.wait_for(|s| *s >= self.n).await;
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        let n = self.n + 1;
-        self.turns.sent.send_modify(|s| *s = (*s).max(n));
+    /// Resolves when the previous turn's message is on the channel (or that
+    /// publish gave up). Cancel-safe: a wait dropped early keeps the signal.
+    pub(crate) async fn wait(&mut self) {
+        if let Some(previous) = self.previous.as_mut() {
+            // Err: the previous turn was dropped, which is its release too.
+            let _ = previous.await;
+        }
+        self.previous = None;
     }
 }
 
@@ -147,7 +153,7 @@ impl Amqp {
             binder: tokio::sync::Mutex::default(),
             connected: AtomicBool::new(false),
             replies: std::sync::Mutex::default(),
-            turns: Arc::new(Turns { next: AtomicU64::new(0), sent: watch::channel(0).0 }),
+            turns: Turns::default(),
         })
     }
 
@@ -227,7 +233,7 @@ impl Amqp {
 
     /// A place in the order of in-process publishes (see [`Turn`]).
     pub(crate) fn take_turn(&self) -> Turn {
-        Turn { n: self.turns.next.fetch_add(1, Ordering::Relaxed), turns: Arc::clone(&self.turns) }
+        self.turns.take()
     }
 
     /// True while the broker connection is up and consuming.
@@ -661,6 +667,27 @@ pub(crate) fn parse_message(body: &[u8]) -> Result<Bytes, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_turn_waits_for_the_previous_one_only_and_a_dropped_turn_releases_the_next() {
+        let turns = Turns::default();
+        let mut first = turns.take();
+        let mut second = turns.take();
+        let mut third = turns.take();
+        first.wait().await; // the first waits for nobody
+        let pending = |t: &mut Turn| {
+            let waker = futures_util::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            std::pin::pin!(t.wait()).poll(&mut cx).is_pending()
+        };
+        assert!(pending(&mut second), "the second waits for the first");
+        assert!(pending(&mut third), "the third waits for the second");
+        drop(first); // its message is on the channel, or its publish failed
+        tokio::time::timeout(Duration::from_secs(5), second.wait()).await.expect("the second may go");
+        assert!(pending(&mut third), "the third still waits for the second");
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(5), third.wait()).await.expect("the third may go");
+    }
 
     #[test]
     fn messages_follow_the_contract() {

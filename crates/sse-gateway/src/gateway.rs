@@ -154,7 +154,7 @@ impl GatewayHandle {
         if !amqp.is_connected() {
             return Err(DeliveryError::BrokerUnavailable);
         }
-        let turn = amqp.take_turn();
+        let mut turn = amqp.take_turn();
         let (amqp, shared) = (Arc::clone(amqp), Arc::clone(&self.shared));
         self.shared.tracker.spawn(async move {
             turn.wait().await;
